@@ -1,14 +1,52 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The Rainbow gateway: holds client WebSocket connections, forwards their
+//! messages to an HTTP backend, and delivers the backend's pushes, speaking
+//! the v1 wire contract of the original Rainbow server.
+//!
+//! Layout, from the outside in:
+//! - [`config`]: keys, defaults, INI/TOML/env/CLI layering, validation.
+//! - [`server`]: binding, serving, graceful shutdown.
+//! - [`api`]: the HTTP endpoints (backend API and operator pages).
+//! - [`transport`]: the `/connect/` WebSocket endpoint and the per-connection
+//!   driver.
+//! - [`hub`]: connections, channels and delivery to them.
+//! - [`backend`]: the connect, forward and close hooks.
+//! - [`signature`], [`metrics`], [`state`]: shared pieces.
+//!
+//! The packet codec and QoS state machines are in `rainbow-protocol`, which
+//! does no IO.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod signature;
+pub mod state;
+pub mod transport;
+
+pub use config::{Config, ConfigError, Settings};
+pub use server::{Server, ServerError};
+pub use state::Gateway;
+
+/// Sets up `tracing` output, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Loads the configuration: `file` (if any) < `RAINBOW_*` environment <
+/// `cli`. Unknown environment names are logged, not fatal.
+pub fn load_config(file: Option<&std::path::Path>, cli: &Settings) -> Result<Config, ConfigError> {
+    let base = match file {
+        Some(path) => config::file::load(path)?,
+        None => Settings::default(),
+    };
+    let (env, unknown) = Settings::from_env(std::env::vars());
+    for name in unknown {
+        tracing::warn!(variable = %name, "ignoring unknown RAINBOW_* environment variable");
     }
+    Config::from_settings(&base.layer(env).layer(cli.clone()))
 }

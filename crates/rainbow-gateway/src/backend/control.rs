@@ -1,0 +1,116 @@
+//! Control headers a backend returns from the connect and forward hooks
+//! (spec §5): context (cookie), channels to subscribe and unsubscribe, and the
+//! backend's complaint about our request.
+//!
+//! Parsing is separate from applying so both can be tested alone; applying
+//! goes through the hub like every other subscription.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use tracing::{error, warn};
+
+use crate::hub::{Connection, Hub, Identity};
+
+const CHANNEL_SEPARATOR: &str = ";;";
+
+/// What a hook response asked for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// New context (`RAINBOWCLIENTCOOKIE`), replacing the old one.
+    pub cookie: Option<String>,
+    /// Channels to join (`RAINBOWCLIENTCHANNEL`).
+    pub subscribe: Vec<String>,
+    /// Channels to leave (`RAINBOWCLIENTCHANNELUNSUB`), applied first.
+    pub unsubscribe: Vec<String>,
+    /// The backend rejected our request (`RAINBOWREQUESTINVALID`).
+    pub invalid: Option<String>,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    // HeaderMap lookups are case-insensitive. Values that are not visible
+    // ASCII are taken as UTF-8 where possible.
+    let value = headers.get(name)?;
+    match value.to_str() {
+        Ok(s) => Some(s.to_string()),
+        Err(_) => String::from_utf8(value.as_bytes().to_vec()).ok(),
+    }
+}
+
+fn channels(value: Option<String>) -> Vec<String> {
+    value
+        .map(|v| v.split(CHANNEL_SEPARATOR).map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+impl Control {
+    /// Reads the control headers of a response.
+    pub fn from_headers(headers: &HeaderMap) -> Control {
+        Control {
+            cookie: header(headers, "RAINBOWCLIENTCOOKIE"),
+            subscribe: channels(header(headers, "RAINBOWCLIENTCHANNEL")),
+            unsubscribe: channels(header(headers, "RAINBOWCLIENTCHANNELUNSUB")),
+            invalid: header(headers, "RAINBOWREQUESTINVALID"),
+        }
+    }
+
+    /// Logs loudly when the backend rejected our request: it means the
+    /// gateway and the backend disagree on the token or the protocol.
+    pub fn log_invalid(&self, hook: &'static str, identity: Identity) {
+        let Some(code) = &self.invalid else { return };
+        let meaning = match code.trim() {
+            "60001" => {
+                "it rejected our signature: check that both sides use the same security_token and that clocks agree"
+            }
+            "60002" => "it rejected the connection identity",
+            "60003" => "it rejected the HTTP method",
+            _ => "unknown reason code",
+        };
+        error!(%identity, hook, side = "backend", code = %code, "backend refused the gateway's request: {meaning}");
+    }
+
+    /// Applies the controls to a connection: the cookie, then unsubscribes,
+    /// then subscribes.
+    pub fn apply(&self, hub: &Hub, conn: &Arc<Connection>) {
+        if let Some(cookie) = &self.cookie {
+            conn.set_cookie(cookie);
+        }
+        for channel in &self.unsubscribe {
+            hub.unsubscribe(conn, channel);
+        }
+        for channel in &self.subscribe {
+            if let Err(e) = hub.subscribe(conn, channel) {
+                warn!(identity = %conn.identity(), channel = %channel, side = "backend", "subscription from hook refused: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn parses_headers_case_insensitively_and_splits_channels() {
+        let mut h = HeaderMap::new();
+        h.insert("rainbowclientcookie", HeaderValue::from_static("eyJ1IjoxfQ=="));
+        h.insert("RainbowClientChannel", HeaderValue::from_static("room;;news;; ;;"));
+        h.insert("RAINBOWCLIENTCHANNELUNSUB", HeaderValue::from_static("lobby"));
+        let c = Control::from_headers(&h);
+        assert_eq!(c.cookie.as_deref(), Some("eyJ1IjoxfQ=="));
+        assert_eq!(c.subscribe, ["room", "news"]);
+        assert_eq!(c.unsubscribe, ["lobby"]);
+        assert_eq!(c.invalid, None);
+    }
+
+    #[test]
+    fn applies_unsub_before_sub() {
+        let hub = Hub::new(8);
+        let conn = Arc::new(Connection::new(Identity::random(), "127.0.0.1:1".parse().unwrap(), None, 8, 1));
+        hub.subscribe(&conn, "room").unwrap();
+        let c = Control { subscribe: vec!["room".into()], unsubscribe: vec!["room".into()], ..Default::default() };
+        c.apply(&hub, &conn);
+        assert_eq!(hub.subscribers("room").len(), 1, "unsub then sub leaves the connection subscribed");
+    }
+}

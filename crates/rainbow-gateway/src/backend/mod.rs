@@ -1,0 +1,292 @@
+//! Calls to the customer's backend: the connect, forward and close hooks
+//! (spec §3, §4, §6), over one pooled keep-alive HTTP client, every call
+//! signed (§7).
+//!
+//! - [`control`]: the control headers a hook response may carry (§5) and
+//!   applying them to a connection.
+//!
+//! This module decides nothing about connections; it returns typed outcomes
+//! ([`ConnectDecision`], [`ForwardError`]) and the transport acts on them.
+//! Every failure is classified by which side failed so logs can say what to
+//! fix.
+
+pub mod control;
+
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use thiserror::Error;
+use tracing::{error, warn};
+
+pub use control::Control;
+
+use crate::config::Config;
+use crate::hub::Identity;
+use crate::metrics::Metrics;
+use crate::signature;
+
+/// Header carrying the connection identity to the backend.
+pub const IDENTITY_HEADER: &str = "RAINBOWCLIENTIDENTITY";
+/// Header carrying the connection context (cookie), both ways.
+pub const COOKIE_HEADER: &str = "RAINBOWCLIENTCOOKIE";
+
+/// What the connect hook decided.
+#[derive(Debug)]
+pub enum ConnectDecision {
+    /// Accept, applying these controls.
+    Accept(Control),
+    /// The backend said no (HTTP 401 to the client).
+    Deny,
+    /// The backend could not be asked (HTTP 503 to the client).
+    Unavailable(HookError),
+}
+
+/// A hook call that did not produce an answer.
+#[derive(Debug, Error)]
+pub enum HookError {
+    /// The backend did not answer within the hook's timeout.
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The backend could not be reached (connection refused, DNS, reset...).
+    #[error("backend unreachable: {0}")]
+    Unreachable(String),
+    /// The backend answered with an error status.
+    #[error("backend answered HTTP {0}")]
+    Status(u16),
+    /// No forward_url is configured, so client messages have nowhere to go.
+    #[error("no forward_url configured")]
+    NoForwardUrl,
+    /// The configured URL is not usable after substitution.
+    #[error("config: bad hook URL {0:?}")]
+    BadUrl(String),
+}
+
+impl HookError {
+    /// Which side must act: `config` for a bad or missing URL, else `backend`.
+    pub fn side(&self) -> &'static str {
+        match self {
+            HookError::NoForwardUrl | HookError::BadUrl(_) => "config",
+            _ => "backend",
+        }
+    }
+
+    /// A short label for the forwards metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HookError::Timeout(_) => "timeout",
+            HookError::Unreachable(_) => "unreachable",
+            HookError::Status(_) => "http_error",
+            HookError::NoForwardUrl => "no_forward_url",
+            HookError::BadUrl(_) => "bad_url",
+        }
+    }
+}
+
+/// The pooled, signing HTTP client for hooks.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    http: reqwest::Client,
+}
+
+/// Request headers a client sent that must not reach the backend: hop-by-hop
+/// and handshake headers (spec §3), and any `RAINBOW*` header, which only the
+/// gateway may set (a client must not forge an identity or a context).
+fn is_withheld(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "upgrade" | "connection" | "origin" | "host" | "content-length" | "transfer-encoding" | "te"
+    ) || name.starts_with("sec-websocket-")
+        || name.starts_with("rainbow")
+}
+
+/// Adds `timestamp`, `nonce`, `signature` to a URL, dropping any the URL or
+/// client already had so the backend sees exactly one of each.
+fn signed_url(mut url: reqwest::Url, extra: &[(String, String)], token: &str) -> reqwest::Url {
+    let reserved = |k: &str| matches!(k, "timestamp" | "nonce" | "signature");
+    let kept: Vec<(String, String)> =
+        url.query_pairs().filter(|(k, _)| !reserved(k)).map(|(k, v)| (k.into(), v.into())).collect();
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.clear();
+        for (k, v) in kept.iter().chain(extra.iter().filter(|(k, _)| !reserved(k))) {
+            pairs.append_pair(k, v);
+        }
+        for (k, v) in signature::sign(token).pairs() {
+            pairs.append_pair(k, &v);
+        }
+    }
+    url
+}
+
+fn classify(err: reqwest::Error, timeout: Duration) -> HookError {
+    if err.is_timeout() {
+        HookError::Timeout(timeout)
+    } else {
+        // The source chain carries the useful part (e.g. "Connection refused").
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        HookError::Unreachable(text)
+    }
+}
+
+impl Backend {
+    /// A backend client. `max_idle` bounds pooled keep-alive connections per
+    /// backend host.
+    pub fn new(max_idle: usize) -> Backend {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            // Building fails only when the TLS backend cannot initialise,
+            // which is a broken installation rather than an input.
+            .unwrap_or_else(|e| panic!("cannot initialise the HTTP client: {e}"));
+        Backend { http }
+    }
+
+    /// Runs the connect hook for a handshake: the client's query pairs and
+    /// headers go through, plus the identity. Without a `connect_url` every
+    /// connection is accepted.
+    pub async fn connect(
+        &self,
+        config: &Config,
+        metrics: &Metrics,
+        identity: Identity,
+        query: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> ConnectDecision {
+        let Some(base) = config.connect_url.clone() else {
+            return ConnectDecision::Accept(Control::default());
+        };
+        let url = signed_url(base, query, &config.security_token);
+        let mut request = self.http.get(url).timeout(config.hook_timeout).header(IDENTITY_HEADER, identity.to_string());
+        for (name, value) in headers {
+            if !is_withheld(name.as_str()) {
+                request = request.header(name, value);
+            }
+        }
+        let started = Instant::now();
+        let result = request.send().await;
+        metrics.hook_latency("connect", started.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => return ConnectDecision::Unavailable(classify(e, config.hook_timeout)),
+        };
+        let status = response.status();
+        if status.is_server_error() {
+            return ConnectDecision::Unavailable(HookError::Status(status.as_u16()));
+        }
+        let control = Control::from_headers(response.headers());
+        control.log_invalid("connect", identity);
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return ConnectDecision::Unavailable(classify(e, config.hook_timeout)),
+        };
+        let accepted = status == reqwest::StatusCode::OK
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("success"));
+        if accepted { ConnectDecision::Accept(control) } else { ConnectDecision::Deny }
+    }
+
+    /// Forwards one client message; returns the reply body and the controls.
+    pub async fn forward(
+        &self,
+        config: &Config,
+        metrics: &Metrics,
+        identity: Identity,
+        cookie: Option<&str>,
+        message_type: u16,
+        payload: Bytes,
+    ) -> Result<(Bytes, Control), HookError> {
+        let raw = config.forward_url_for(message_type).ok_or(HookError::NoForwardUrl)?;
+        let url = reqwest::Url::parse(&raw).map_err(|_| HookError::BadUrl(raw.clone()))?;
+        let url = signed_url(url, &[], &config.security_token);
+        let mut request = self
+            .http
+            .post(url)
+            .timeout(config.forward_timeout)
+            .header(IDENTITY_HEADER, identity.to_string())
+            // What the original's HTTP client (Tornado) sent for a POST
+            // without a content type; backends written for it may rely on it.
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(payload);
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE_HEADER, cookie);
+        }
+        let started = Instant::now();
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let control = Control::from_headers(response.headers());
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, control, body))
+        }
+        .await;
+        metrics.hook_latency("forward", started.elapsed().as_secs_f64());
+        let (status, control, body) = result.map_err(|e| classify(e, config.forward_timeout))?;
+        control.log_invalid("forward", identity);
+        if !status.is_success() {
+            return Err(HookError::Status(status.as_u16()));
+        }
+        Ok((body, control))
+    }
+
+    /// Runs the close hook. Failures are logged; nothing else can be done.
+    pub async fn close(&self, config: &Config, metrics: &Metrics, identity: Identity, cookie: Option<&str>) {
+        let Some(base) = config.close_url.clone() else { return };
+        let url = signed_url(base, &[], &config.security_token);
+        let mut request = self.http.get(url).timeout(config.hook_timeout).header(IDENTITY_HEADER, identity.to_string());
+        if let Some(cookie) = cookie {
+            request = request.header(COOKIE_HEADER, cookie);
+        }
+        let started = Instant::now();
+        let result = request.send().await;
+        metrics.hook_latency("close", started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) if r.status().is_success() => Control::from_headers(r.headers()).log_invalid("close", identity),
+            Ok(r) => {
+                warn!(%identity, side = "backend", status = r.status().as_u16(), "close hook answered an error status")
+            }
+            Err(e) => {
+                let e = classify(e, config.hook_timeout);
+                error!(%identity, side = "backend", cause = %e, "close hook failed; the backend was not told this connection ended")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_url_keeps_params_and_replaces_reserved_ones() {
+        let url = reqwest::Url::parse("http://b/connect/?app=1&nonce=9").unwrap();
+        let extra = vec![("room".to_string(), "a b".to_string()), ("signature".to_string(), "forged".to_string())];
+        let signed = signed_url(url, &extra, "tok");
+        let pairs: Vec<(String, String)> = signed.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["app", "room", "timestamp", "nonce", "signature"]);
+        assert_eq!(pairs[1].1, "a b");
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get("signature"), signature::signature("tok", &get("timestamp"), &get("nonce")));
+    }
+
+    #[test]
+    fn clients_cannot_forge_gateway_headers() {
+        assert!(is_withheld("RAINBOWCLIENTIDENTITY"));
+        assert!(is_withheld("rainbowclientcookie"));
+        assert!(is_withheld("Sec-WebSocket-Key"));
+        assert!(is_withheld("Host"));
+        assert!(!is_withheld("X-DEVICEID"));
+        assert!(!is_withheld("Authorization"));
+    }
+}

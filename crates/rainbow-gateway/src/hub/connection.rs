@@ -1,0 +1,294 @@
+//! The state one client connection shares with the rest of the gateway.
+//!
+//! A [`Connection`] is what the hub, the API and forward tasks hold: the
+//! identity, the context (cookie), the channel list, the bounded outbox of
+//! things to write to the client, the forward queue, and liveness stamps. It
+//! owns no socket: the WebSocket driver in `transport` owns that, and is woken
+//! through [`Connection::notified`] whenever the outbox changes or the
+//! connection is told to close.
+//!
+//! Idle cost is the point of this layout: every queue is an empty `VecDeque`
+//! (no allocation) until used, and no timer exists per connection.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rainbow_protocol::{Qos, Send};
+use tokio::sync::Notify;
+
+use super::delivery::Publication;
+use super::identity::Identity;
+use crate::metrics::DisconnectReason;
+
+/// Something to write to the client.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An encoded packet that needs no QoS state (a qos-0 SEND).
+    Frame(Bytes),
+    /// A qos 1/2 SEND: the driver allocates its id and tracks the answer.
+    Publish(Arc<Publication>),
+    /// A forward finished: answer the client's SEND (`reply: None` = failed).
+    Forwarded {
+        /// The client's message id.
+        id: u16,
+        /// The client's qos.
+        qos: Qos,
+        /// The backend's reply, or `None` when forwarding failed.
+        reply: Option<Bytes>,
+    },
+    /// A liveness ping.
+    Ping,
+}
+
+/// Why and how the gateway ends a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseOrder {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason (short, sent to the client; at most 123 bytes).
+    pub reason: Cow<'static, str>,
+    /// For metrics.
+    pub why: DisconnectReason,
+}
+
+impl CloseOrder {
+    /// An order with a reason made at run time, cut to the 123 bytes a close
+    /// frame can carry.
+    pub fn new(code: u16, reason: String, why: DisconnectReason) -> CloseOrder {
+        let mut reason = reason;
+        if reason.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        CloseOrder { code, reason: Cow::Owned(reason), why }
+    }
+
+    /// Close 1008 "slow consumer".
+    pub const SLOW_CONSUMER: CloseOrder =
+        CloseOrder { code: 1008, reason: Cow::Borrowed("slow consumer"), why: DisconnectReason::SlowConsumer };
+    /// Close 1001 "server shutting down".
+    pub const SHUTDOWN: CloseOrder =
+        CloseOrder { code: 1001, reason: Cow::Borrowed("server shutting down"), why: DisconnectReason::Shutdown };
+    /// Close 1001 "ping timeout".
+    pub const PING_TIMEOUT: CloseOrder =
+        CloseOrder { code: 1001, reason: Cow::Borrowed("ping timeout"), why: DisconnectReason::PingTimeout };
+}
+
+/// The outbox refused an item.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue was full: the connection is now closing as a slow consumer.
+    Full,
+    /// The connection is closing or closed.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    close: Option<CloseOrder>,
+    /// The driver has exited; nothing will be written any more.
+    finished: bool,
+}
+
+/// The forward queue: client SENDs waiting for the backend, in order.
+#[derive(Debug, Default)]
+pub struct ForwardQueue {
+    /// Messages not yet picked up by a forward task.
+    pub queue: VecDeque<Send>,
+    /// Forward tasks running for this connection.
+    pub active: usize,
+}
+
+/// One client connection, as shared with the hub and the API.
+#[derive(Debug)]
+pub struct Connection {
+    identity: Identity,
+    peer: SocketAddr,
+    capacity: usize,
+    cookie: Mutex<Option<Arc<str>>>,
+    channels: Mutex<Vec<Arc<str>>>,
+    outbox: Mutex<Outbox>,
+    forwards: Mutex<ForwardQueue>,
+    wake: Notify,
+    /// Coarse clock second of the last frame from the client.
+    last_seen: AtomicU32,
+    /// Coarse clock second a ping was sent, 0 when none is outstanding.
+    ping_sent: AtomicU32,
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here
+/// leaves the data consistent, so a panic elsewhere must not wedge the
+/// connection.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Connection {
+    /// A new connection with an outbox bound of `capacity` items.
+    pub fn new(
+        identity: Identity,
+        peer: SocketAddr,
+        cookie: Option<Arc<str>>,
+        capacity: usize,
+        now: u32,
+    ) -> Connection {
+        Connection {
+            identity,
+            peer,
+            capacity,
+            cookie: Mutex::new(cookie),
+            channels: Mutex::new(Vec::new()),
+            outbox: Mutex::new(Outbox::default()),
+            forwards: Mutex::new(ForwardQueue::default()),
+            wake: Notify::new(),
+            last_seen: AtomicU32::new(now),
+            ping_sent: AtomicU32::new(0),
+        }
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The current context (cookie), if any.
+    pub fn cookie(&self) -> Option<Arc<str>> {
+        lock(&self.cookie).clone()
+    }
+
+    /// Replaces the context; an empty value clears it.
+    pub fn set_cookie(&self, cookie: &str) {
+        *lock(&self.cookie) = if cookie.is_empty() { None } else { Some(Arc::from(cookie)) };
+    }
+
+    /// The channels this connection is subscribed to. Only the hub mutates
+    /// this list, under its channel lock.
+    pub(super) fn channels(&self) -> MutexGuard<'_, Vec<Arc<str>>> {
+        lock(&self.channels)
+    }
+
+    /// How many channels this connection is subscribed to.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// Queues an item for the client. A full queue orders a close with 1008
+    /// "slow consumer": the client is not reading, and holding more for it
+    /// would only grow memory.
+    pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        let mut outbox = lock(&self.outbox);
+        if outbox.close.is_some() || outbox.finished {
+            return Err(PushError::Closed);
+        }
+        if outbox.queue.len() >= self.capacity {
+            outbox.close = Some(CloseOrder::SLOW_CONSUMER);
+            drop(outbox);
+            self.wake.notify_one();
+            return Err(PushError::Full);
+        }
+        outbox.queue.push_back(item);
+        drop(outbox);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues an answer to the client's own message. Not subject to the
+    /// outbox bound: the forward queue already bounds how many can exist.
+    pub fn push_reply(&self, item: Outgoing) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.finished {
+            return;
+        }
+        outbox.queue.push_back(item);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// Orders the connection closed. The first order wins.
+    pub fn close(&self, order: CloseOrder) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.close.is_none() && !outbox.finished {
+            outbox.close = Some(order);
+        }
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// The pending close order, if any.
+    pub fn close_order(&self) -> Option<CloseOrder> {
+        lock(&self.outbox).close.clone()
+    }
+
+    /// Takes the next item to write.
+    pub fn pop(&self) -> Option<Outgoing> {
+        lock(&self.outbox).queue.pop_front()
+    }
+
+    /// Puts an item back at the front (the driver could not take it yet).
+    pub fn unpop(&self, item: Outgoing) {
+        lock(&self.outbox).queue.push_front(item);
+    }
+
+    /// Whether anything waits to be written.
+    pub fn has_outgoing(&self) -> bool {
+        !lock(&self.outbox).queue.is_empty()
+    }
+
+    /// Marks the connection finished and returns what was never written.
+    pub fn finish(&self) -> VecDeque<Outgoing> {
+        let mut outbox = lock(&self.outbox);
+        outbox.finished = true;
+        std::mem::take(&mut outbox.queue)
+    }
+
+    /// Resolves when the outbox changed or a close was ordered. A wake-up
+    /// sent while nobody waited is kept, so none is lost.
+    pub async fn notified(&self) {
+        self.wake.notified().await
+    }
+
+    /// Wakes the driver (for example when the forward queue drained).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The forward queue.
+    pub fn forwards(&self) -> MutexGuard<'_, ForwardQueue> {
+        lock(&self.forwards)
+    }
+
+    /// Records client activity at coarse second `now`.
+    pub fn touch(&self, now: u32) {
+        self.last_seen.store(now, Ordering::Relaxed);
+        self.ping_sent.store(0, Ordering::Relaxed);
+    }
+
+    /// Liveness check at coarse second `now`: pings a connection idle for
+    /// `ping_after` seconds, and closes one whose ping is older than
+    /// `pong_within` seconds. Run by the hub's sweeper, not by a timer per
+    /// connection.
+    pub fn check_liveness(&self, now: u32, ping_after: u32, pong_within: u32) {
+        let ping_sent = self.ping_sent.load(Ordering::Relaxed);
+        if ping_sent != 0 {
+            if now.saturating_sub(ping_sent) >= pong_within {
+                self.close(CloseOrder::PING_TIMEOUT);
+            }
+        } else if now.saturating_sub(self.last_seen.load(Ordering::Relaxed)) >= ping_after {
+            self.ping_sent.store(now.max(1), Ordering::Relaxed);
+            self.push_reply(Outgoing::Ping);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The hub: which connections exist, which channels they are in, and
+//! delivering a message to a channel.
+//!
+//! - [`identity`]: connection identities.
+//! - [`connection`]: the per-connection state shared with the API and hooks.
+//! - [`delivery`]: aggregation of qos 1/2 answers for one `/send/`.
+//!
+//! The hub holds two maps behind their own locks: identity → connection, and
+//! channel → its subscribers. The lock order is always `channels` before a
+//! connection's own channel list. The hub knows nothing about sockets or HTTP:
+//! it queues [`Outgoing`] items on connections and the transport writes them.
+//!
+//! Everything here is local to one node. A cluster layer plugs in above it:
+//! it decides which nodes a `/send/` or `/sub/` must reach and calls these
+//! same methods on each node's hub.
+
+pub mod connection;
+pub mod delivery;
+pub mod identity;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rainbow_protocol::{Packet, Qos, Send};
+use thiserror::Error;
+
+pub use connection::{CloseOrder, Connection, Outgoing, PushError};
+pub use delivery::{Aggregate, Publication, Tracker};
+pub use identity::Identity;
+
+/// Longest accepted channel name, bytes.
+pub const MAX_CHANNEL_LEN: usize = 256;
+
+/// Seconds since the process started, plus one (so 0 can mean "never").
+/// The coarse clock of liveness stamps.
+pub fn coarse_now() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    start.elapsed().as_secs().min(u32::MAX as u64 - 1) as u32 + 1
+}
+
+/// A subscription was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The channel name is empty or longer than [`MAX_CHANNEL_LEN`].
+    #[error("invalid channel name (1..={MAX_CHANNEL_LEN} bytes)")]
+    InvalidChannel,
+    /// The connection is at `max_channels_per_connection`.
+    #[error("connection is already subscribed to {0} channels (max_channels_per_connection)")]
+    TooMany(usize),
+}
+
+type Subscribers = HashMap<Identity, Arc<Connection>>;
+
+/// The result of delivering a `/send/` on this node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// qos 0: queued for this many receivers.
+    Queued(usize),
+    /// qos 1/2: the receivers' answers, aggregated at the deadline.
+    Answered(Aggregate),
+}
+
+/// Connections and channels of one node.
+#[derive(Debug)]
+pub struct Hub {
+    connections: RwLock<HashMap<Identity, Arc<Connection>>>,
+    channels: RwLock<HashMap<Arc<str>, Subscribers>>,
+    max_channels_per_connection: usize,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(max_channels_per_connection: usize) -> Hub {
+        Hub { connections: Default::default(), channels: Default::default(), max_channels_per_connection }
+    }
+
+    /// Adds a connection.
+    pub fn register(&self, conn: Arc<Connection>) {
+        write(&self.connections).insert(conn.identity(), conn);
+    }
+
+    /// Removes a connection and all of its subscriptions.
+    pub fn unregister(&self, conn: &Connection) {
+        write(&self.connections).remove(&conn.identity());
+        let mut channels = write(&self.channels);
+        for channel in conn.channels().drain(..) {
+            if let Some(subs) = channels.get_mut(&channel) {
+                subs.remove(&conn.identity());
+                if subs.is_empty() {
+                    channels.remove(&channel);
+                }
+            }
+        }
+    }
+
+    /// The connection with this identity.
+    pub fn get(&self, identity: &Identity) -> Option<Arc<Connection>> {
+        read(&self.connections).get(identity).cloned()
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        read(&self.connections).len()
+    }
+
+    /// Whether there are no connections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every connection (a snapshot).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        read(&self.connections).values().cloned().collect()
+    }
+
+    /// Subscribes `conn` to `channel` (idempotent).
+    pub fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), SubscribeError> {
+        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+            return Err(SubscribeError::InvalidChannel);
+        }
+        let mut channels = write(&self.channels);
+        let mut mine = conn.channels();
+        if mine.iter().any(|c| &**c == channel) {
+            return Ok(());
+        }
+        if mine.len() >= self.max_channels_per_connection {
+            return Err(SubscribeError::TooMany(mine.len()));
+        }
+        // Share one allocation of the name between the map and the list.
+        let name = match channels.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
+        channels.entry(name.clone()).or_default().insert(conn.identity(), conn.clone());
+        mine.push(name);
+        Ok(())
+    }
+
+    /// Removes every other subscriber of `channel`, then subscribes `conn`.
+    pub fn occupy(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), SubscribeError> {
+        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+            return Err(SubscribeError::InvalidChannel);
+        }
+        {
+            let mut channels = write(&self.channels);
+            if let Some(subs) = channels.get_mut(channel) {
+                subs.retain(|identity, other| {
+                    if *identity == conn.identity() {
+                        return true;
+                    }
+                    other.channels().retain(|c| &**c != channel);
+                    false
+                });
+            }
+        }
+        self.subscribe(conn, channel)
+    }
+
+    /// Unsubscribes `conn` from `channel` (a no-op when not subscribed).
+    pub fn unsubscribe(&self, conn: &Connection, channel: &str) {
+        let mut channels = write(&self.channels);
+        conn.channels().retain(|c| &**c != channel);
+        if let Some(subs) = channels.get_mut(channel) {
+            subs.remove(&conn.identity());
+            if subs.is_empty() {
+                channels.remove(channel);
+            }
+        }
+    }
+
+    /// The subscribers of a channel (a snapshot).
+    pub fn subscribers(&self, channel: &str) -> Vec<Arc<Connection>> {
+        read(&self.channels).get(channel).map(|subs| subs.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every channel with its subscriber count, sorted by name.
+    pub fn channel_counts(&self) -> Vec<(Arc<str>, usize)> {
+        let mut counts: Vec<_> = read(&self.channels).iter().map(|(c, s)| (c.clone(), s.len())).collect();
+        counts.sort();
+        counts
+    }
+
+    /// Delivers a message to every subscriber of `channel`. qos 0 is queued
+    /// and returns at once; qos 1/2 wait until every receiver answered, failed
+    /// or `timeout` passed.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        message_type: u16,
+        qos: Qos,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Delivered {
+        let receivers = self.subscribers(channel);
+        if qos == Qos::AtMostOnce {
+            let frame = Packet::Send(Send { message_type, qos, id: 0, dup: false, payload }).encode();
+            let queued = receivers.iter().filter(|c| c.push(Outgoing::Frame(frame.clone())).is_ok()).count();
+            return Delivered::Queued(queued);
+        }
+        let deadline = Instant::now() + timeout;
+        let publication =
+            Arc::new(Publication { message_type, qos, payload, deadline, tracker: Tracker::new(receivers.len()) });
+        for conn in &receivers {
+            if conn.push(Outgoing::Publish(publication.clone())).is_err() {
+                publication.tracker.failed();
+            }
+        }
+        Delivered::Answered(publication.tracker.wait(deadline).await)
+    }
+
+    /// Orders every connection closed.
+    pub fn close_all(&self, order: CloseOrder) {
+        for conn in read(&self.connections).values() {
+            conn.close(order.clone());
+        }
+    }
+
+    /// One liveness pass over all connections (see
+    /// [`Connection::check_liveness`]).
+    pub fn sweep(&self, now: u32, ping_after: Duration, pong_within: Duration) {
+        let ping_after = ping_after.as_secs().max(1) as u32;
+        let pong_within = pong_within.as_secs().max(1) as u32;
+        for conn in read(&self.connections).values() {
+            conn.check_liveness(now, ping_after, pong_within);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Arc<Connection> {
+        Arc::new(Connection::new(Identity::random(), "127.0.0.1:1".parse().unwrap(), None, 4, coarse_now()))
+    }
+
+    #[test]
+    fn subscribe_unsubscribe_and_occupy() {
+        let hub = Hub::new(2);
+        let (a, b) = (conn(), conn());
+        hub.register(a.clone());
+        hub.register(b.clone());
+        hub.subscribe(&a, "room").unwrap();
+        hub.subscribe(&a, "room").unwrap();
+        hub.subscribe(&b, "room").unwrap();
+        assert_eq!(hub.subscribers("room").len(), 2);
+        hub.occupy(&b, "room").unwrap();
+        let subs = hub.subscribers("room");
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].identity(), b.identity());
+        assert_eq!(a.channel_count(), 0);
+        hub.unsubscribe(&b, "room");
+        assert!(hub.channel_counts().is_empty());
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_and_validated() {
+        let hub = Hub::new(2);
+        let a = conn();
+        hub.subscribe(&a, "1").unwrap();
+        hub.subscribe(&a, "2").unwrap();
+        assert_eq!(hub.subscribe(&a, "3"), Err(SubscribeError::TooMany(2)));
+        assert_eq!(hub.subscribe(&a, ""), Err(SubscribeError::InvalidChannel));
+        assert_eq!(hub.subscribe(&a, &"x".repeat(MAX_CHANNEL_LEN + 1)), Err(SubscribeError::InvalidChannel));
+    }
+
+    #[test]
+    fn unregister_forgets_every_subscription() {
+        let hub = Hub::new(8);
+        let a = conn();
+        hub.register(a.clone());
+        hub.subscribe(&a, "x").unwrap();
+        hub.subscribe(&a, "y").unwrap();
+        hub.unregister(&a);
+        assert!(hub.channel_counts().is_empty());
+        assert!(hub.get(&a.identity()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_fails_the_receiver_and_orders_slow_consumer() {
+        let hub = Hub::new(8);
+        let a = conn();
+        hub.subscribe(&a, "c").unwrap();
+        for _ in 0..4 {
+            a.push(Outgoing::Ping).unwrap();
+        }
+        let got = hub.publish("c", 1, Qos::AtLeastOnce, Bytes::new(), Duration::from_secs(5)).await;
+        assert_eq!(got, Delivered::Answered(Aggregate { answered: 0, reply: None, complete: true }));
+        assert_eq!(a.close_order(), Some(CloseOrder::SLOW_CONSUMER));
+    }
+}

@@ -1,0 +1,212 @@
+//! Prometheus metrics: every counter the gateway keeps, and their rendering at
+//! `/metrics`.
+//!
+//! Hot-path counters are resolved once at start-up into plain fields, so
+//! counting a message is one atomic add with no label lookup. Label values are
+//! small fixed sets (never identities or channel names), so cardinality stays
+//! bounded.
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Flow {
+    direction: &'static str,
+    qos: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Hook {
+    hook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiCall {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+/// Why a connection ended, as counted in `rainbow_disconnects_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client closed or the TCP connection dropped.
+    Client,
+    /// The client sent a packet that does not parse.
+    ProtocolError,
+    /// The client sent a message over `max_message_size`.
+    TooBig,
+    /// The outbound queue filled up.
+    SlowConsumer,
+    /// The client sent faster than `max_message_rate`.
+    RateLimited,
+    /// A ping went unanswered.
+    PingTimeout,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// A socket error.
+    Error,
+}
+
+impl DisconnectReason {
+    const ALL: [DisconnectReason; 8] = [
+        DisconnectReason::Client,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::TooBig,
+        DisconnectReason::SlowConsumer,
+        DisconnectReason::RateLimited,
+        DisconnectReason::PingTimeout,
+        DisconnectReason::Shutdown,
+        DisconnectReason::Error,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DisconnectReason::Client => "client",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::TooBig => "too_big",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::RateLimited => "rate_limited",
+            DisconnectReason::PingTimeout => "ping_timeout",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::Error => "error",
+        }
+    }
+}
+
+/// Counters for one qos level in one direction.
+#[derive(Clone, Debug, Default)]
+pub struct ByQos(pub [Counter; 3]);
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: Gauge,
+    connects: Family<Outcome, Counter>,
+    disconnects: Family<Reason, Counter>,
+    /// Client → gateway SENDs, by qos.
+    pub messages_in: ByQos,
+    /// Gateway → client SENDs, by qos.
+    pub messages_out: ByQos,
+    forwards: Family<Outcome, Counter>,
+    hook_latency: Family<Hook, Histogram, fn() -> Histogram>,
+    protocol_errors: Family<Kind, Counter>,
+    api_calls: Family<ApiCall, Counter>,
+    /// qos-2 duplicates that were not processed again.
+    pub duplicates: Counter,
+    /// DUP retransmissions written to clients.
+    pub retransmits: Counter,
+    /// Forwards waiting for a global forward slot.
+    pub forwards_waiting: Gauge,
+}
+
+fn hook_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("rainbow");
+        let messages: Family<Flow, Counter> = Family::default();
+        // Resolve the per-qos children once so hot paths skip the label lookup.
+        let by_qos = |direction: &'static str| {
+            ByQos(["0", "1", "2"].map(|qos| messages.get_or_create(&Flow { direction, qos }).clone()))
+        };
+        let m = Metrics {
+            connections: Gauge::default(),
+            connects: Family::default(),
+            disconnects: Family::default(),
+            messages_in: by_qos("in"),
+            messages_out: by_qos("out"),
+            forwards: Family::default(),
+            hook_latency: Family::new_with_constructor(hook_histogram as fn() -> Histogram),
+            protocol_errors: Family::default(),
+            api_calls: Family::default(),
+            duplicates: Counter::default(),
+            retransmits: Counter::default(),
+            forwards_waiting: Gauge::default(),
+            registry: Registry::default(),
+        };
+        for reason in DisconnectReason::ALL {
+            let _ = m.disconnects.get_or_create(&Reason { reason: reason.label() });
+        }
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("connects", "WebSocket handshakes by outcome", m.connects.clone());
+        registry.register("disconnects", "Ended connections by reason", m.disconnects.clone());
+        registry.register("messages", "SEND packets by direction and qos", messages);
+        registry.register("forwards", "Forward hook calls by outcome", m.forwards.clone());
+        registry.register("hook_duration_seconds", "Hook call latency", m.hook_latency.clone());
+        registry.register("protocol_errors", "Malformed client packets by kind", m.protocol_errors.clone());
+        registry.register("api_calls", "Backend API calls by endpoint and outcome", m.api_calls.clone());
+        registry.register("qos2_duplicates", "qos-2 duplicates not processed again", m.duplicates.clone());
+        registry.register("retransmits", "DUP retransmissions to clients", m.retransmits.clone());
+        registry.register("forwards_waiting", "Forwards waiting for a global slot", m.forwards_waiting.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a handshake outcome.
+    pub fn connect(&self, outcome: &'static str) {
+        self.connects.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts an ended connection.
+    pub fn disconnect(&self, reason: DisconnectReason) {
+        self.disconnects.get_or_create(&Reason { reason: reason.label() }).inc();
+    }
+
+    /// Counts a forward outcome.
+    pub fn forward(&self, outcome: &'static str) {
+        self.forwards.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Records a hook call's latency.
+    pub fn hook_latency(&self, hook: &'static str, seconds: f64) {
+        self.hook_latency.get_or_create(&Hook { hook }).observe(seconds);
+    }
+
+    /// Counts a malformed packet.
+    pub fn protocol_error(&self, kind: &'static str) {
+        self.protocol_errors.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// Counts an API call.
+    pub fn api_call(&self, endpoint: &'static str, outcome: &'static str) {
+        self.api_calls.get_or_create(&ApiCall { endpoint, outcome }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,148 @@
+//! Binding the listener, serving, and the graceful shutdown.
+//!
+//! [`Server::bind`] opens the port (trying 1985..2003 when the default 1984
+//! is taken and no port was given, as the original did); [`Server::run`]
+//! serves until a shutdown future resolves, then stops accepting, closes every
+//! client with 1001, and waits up to `shutdown_timeout` for their close hooks.
+//! [`run_until_signal`] wires that to SIGTERM and SIGINT for the binaries.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api;
+use crate::config::Config;
+use crate::hub::coarse_now;
+use crate::state::{Gateway, Reloader};
+
+/// Ports tried after the default one is taken (spec §9).
+const FALLBACK_PORTS: std::ops::RangeInclusive<u16> = 1985..=2003;
+
+/// The server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; choose another http_port or stop the process using it")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, not yet serving, gateway.
+pub struct Server {
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the configured address.
+    pub async fn bind(config: Config, reloader: Option<Reloader>) -> Result<Server, ServerError> {
+        let addr = SocketAddr::new(config.bind, config.http_port);
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if !config.port_explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+                let mut found = None;
+                for port in FALLBACK_PORTS {
+                    if let Ok(l) = TcpListener::bind(SocketAddr::new(config.bind, port)).await {
+                        warn!(port, "port {} is taken; listening on {port} instead", config.http_port);
+                        found = Some(l);
+                        break;
+                    }
+                }
+                found.ok_or(ServerError::Bind { addr, source: e })?
+            }
+            Err(source) => return Err(ServerError::Bind { addr, source }),
+        };
+        let mut config = config;
+        if let Ok(local) = listener.local_addr() {
+            config.http_port = local.port();
+        }
+        Ok(Server { gw: Arc::new(Gateway::new(config, reloader)), listener })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address; fall back to the
+        // unspecified one rather than panic.
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gw.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Server { gw, listener } = self;
+        info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
+        let sweeper = tokio::spawn(sweep(gw.clone()));
+        let app = api::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let stopping = gw.clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                info!(connections = stopping.hub.len(), "shutting down: closing clients with 1001");
+                stopping.begin_shutdown();
+            })
+            .await;
+        sweeper.abort();
+        gw.tasks.close();
+        let timeout = gw.config().shutdown_timeout;
+        if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
+            warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
+        }
+        info!("stopped");
+        served.map_err(ServerError::Serve)
+    }
+}
+
+/// The shared liveness sweeper: one pass a second over every connection
+/// instead of a timer per connection.
+async fn sweep(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let config = gw.config();
+        gw.hub.sweep(coarse_now(), config.ping_interval, config.pong_timeout);
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the gateway");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Binds and serves until SIGTERM/SIGINT.
+pub async fn run_until_signal(config: Config, reloader: Option<Reloader>) -> Result<(), ServerError> {
+    Server::bind(config, reloader).await?.run(shutdown_signal()).await
+}
