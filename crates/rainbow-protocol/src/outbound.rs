@@ -92,7 +92,10 @@ pub struct Outbound<T> {
 
 impl<T> Outbound<T> {
     /// An empty state machine. Allocates nothing until the first qos > 0 SEND.
-    pub fn new(config: OutboundConfig) -> Self {
+    /// `max_in_flight` is capped below the number of ids so allocation always
+    /// finds a free one.
+    pub fn new(mut config: OutboundConfig) -> Self {
+        config.max_in_flight = config.max_in_flight.clamp(1, usize::from(MAX_MESSAGE_ID) - 1);
         Outbound { config, last_id: 0, in_flight: HashMap::new() }
     }
 
@@ -108,7 +111,8 @@ impl<T> Outbound<T> {
 
     /// Starts a SEND. qos 0 returns the packet and drops `tag` (nothing will
     /// answer). qos 1/2 allocate an id and remember the SEND until it is
-    /// answered or `deadline` passes.
+    /// answered or `deadline` passes. When `max_in_flight` SENDs already
+    /// await answers, the tag is handed back with the error.
     pub fn send(
         &mut self,
         now: Instant,
@@ -117,12 +121,12 @@ impl<T> Outbound<T> {
         payload: Bytes,
         deadline: Instant,
         tag: T,
-    ) -> Result<Packet, InFlightFull> {
+    ) -> Result<Packet, (InFlightFull, T)> {
         if qos == Qos::AtMostOnce {
             return Ok(Packet::Send(Send { message_type, qos, id: 0, dup: false, payload }));
         }
         if !self.has_capacity() {
-            return Err(InFlightFull(self.in_flight.len()));
+            return Err((InFlightFull(self.in_flight.len()), tag));
         }
         let id = self.allocate_id();
         let send = Send { message_type, qos, id, dup: false, payload };
@@ -133,9 +137,8 @@ impl<T> Outbound<T> {
     }
 
     fn allocate_id(&mut self) -> u16 {
-        // Terminates: max_in_flight is far below the 65534 ids (a config with
-        // more would still find a free id while in_flight.len() < 65534,
-        // which has_capacity() guarantees for any sane max_in_flight).
+        // Terminates: new() caps max_in_flight below the 65534 ids and send()
+        // checks capacity first, so at least one id is free.
         loop {
             self.last_id = if self.last_id >= MAX_MESSAGE_ID { 1 } else { self.last_id + 1 };
             if !self.in_flight.contains_key(&self.last_id) {
@@ -172,7 +175,12 @@ impl<T> Outbound<T> {
                     Stage::AwaitingCom { .. } => None,
                 }
             }
-            _ => None,
+            // A repeated REC: our REL is being re-sent now, so the next
+            // retransmission of it can wait a full interval.
+            Stage::AwaitingCom { .. } => None,
+            // A REC for a qos-1 SEND is the peer's mistake: leave the entry
+            // and its retransmission schedule alone.
+            Stage::AwaitingReply { .. } => return (None, rel),
         };
         entry.next_retransmit = now + self.config.retransmit_interval;
         (answered, rel)
@@ -344,13 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rec_for_a_qos1_send_changes_nothing() {
+        let t0 = Instant::now();
+        let mut out = Outbound::new(OutboundConfig::default());
+        let id = id_of(&out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), t0 + secs(10), "a").unwrap());
+        let (answered, _) = out.on_rec(t0 + secs(2), id, Bytes::new());
+        assert!(answered.is_none());
+        assert_eq!(out.next_deadline(), Some(t0 + secs(3)), "retransmission not postponed");
+        assert_eq!(out.on_ack(id, Bytes::new()).unwrap().tag, "a");
+    }
+
+    #[test]
+    fn in_flight_is_capped_below_the_id_space() {
+        let out: Outbound<()> = Outbound::new(OutboundConfig { max_in_flight: usize::MAX, ..Default::default() });
+        assert_eq!(out.config.max_in_flight, usize::from(MAX_MESSAGE_ID) - 1);
+    }
+
+    #[test]
     fn in_flight_is_bounded() {
         let t0 = Instant::now();
         let mut out = Outbound::new(OutboundConfig { max_in_flight: 2, ..Default::default() });
         for _ in 0..2 {
             out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), t0 + secs(5), ()).unwrap();
         }
-        assert_eq!(out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), t0 + secs(5), ()), Err(InFlightFull(2)));
+        assert_eq!(out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), t0 + secs(5), ()), Err((InFlightFull(2), ())));
         assert!(out.send(t0, 1, Qos::AtMostOnce, Bytes::new(), t0, ()).is_ok(), "qos 0 needs no slot");
         assert_eq!(out.drain().count(), 2);
     }
