@@ -93,6 +93,11 @@ impl DisconnectReason {
     }
 }
 
+/// Handshake outcomes counted in `rainbow_connects_total`.
+pub const CONNECT_OUTCOMES: [&str; 5] = ["accepted", "denied", "backend_error", "over_limit", "bad_request"];
+/// Forward outcomes counted in `rainbow_forwards_total` (see `HookError::label`).
+pub const FORWARD_OUTCOMES: [&str; 6] = ["ok", "timeout", "unreachable", "http_error", "no_forward_url", "bad_url"];
+
 /// Counters for one qos level in one direction.
 #[derive(Clone, Debug, Default)]
 pub struct ByQos(pub [Counter; 3]);
@@ -155,8 +160,19 @@ impl Metrics {
             forwards_waiting: Gauge::default(),
             registry: Registry::default(),
         };
+        // Known label values start at 0 rather than absent, so rate() and
+        // alerts work from the first scrape.
         for reason in DisconnectReason::ALL {
             let _ = m.disconnects.get_or_create(&Reason { reason: reason.label() });
+        }
+        for outcome in CONNECT_OUTCOMES {
+            let _ = m.connects.get_or_create(&Outcome { outcome });
+        }
+        for outcome in FORWARD_OUTCOMES {
+            let _ = m.forwards.get_or_create(&Outcome { outcome });
+        }
+        for hook in ["connect", "forward", "close"] {
+            let _ = m.hook_latency.get_or_create(&Hook { hook });
         }
         registry.register("connections", "Open client connections", m.connections.clone());
         registry.register("connects", "WebSocket handshakes by outcome", m.connects.clone());

@@ -1,0 +1,159 @@
+//! Client → backend (spec §4, §5): forwards at qos 0/1/2 with replies, qos-2
+//! dedup, cookies and channel headers, order, failures.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rainbow_client::{Event, Qos};
+use rainbow_protocol::{Packet, Reply as PacketReply, Send};
+use serde_json::json;
+
+use crate::harness::*;
+
+/// An opaque cookie (by convention base64 JSON; the gateway never looks inside).
+fn encode(s: &str) -> String {
+    hex::encode(s)
+}
+
+#[tokio::test]
+async fn forwards_at_every_qos_and_returns_the_reply() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[]).await;
+    let (client, _events) = rainbow_client::Client::connect(client_config(&gw)).await.unwrap();
+
+    let reply = client.send(7, r#"{"id":1}"#, Qos::AtLeastOnce).await.unwrap();
+    assert_eq!(&reply[..], br#"echo:{"id":1}"#);
+    let reply = client.send(8, "two", Qos::ExactlyOnce).await.unwrap();
+    assert_eq!(&reply[..], b"echo:two");
+    client.send(9, "zero", Qos::AtMostOnce).await.unwrap();
+
+    let calls = backend.wait_calls("forward", 3).await;
+    assert_eq!(calls.iter().map(|c| c.message_type.unwrap()).collect::<Vec<_>>(), [7, 8, 9]);
+    assert_eq!(&calls[0].body[..], br#"{"id":1}"#);
+    assert!(calls.iter().all(|c| c.signed_ok()));
+    let identity = backend.calls("connect")[0].identity();
+    assert!(calls.iter().all(|c| c.identity() == identity));
+    assert!(calls[0].header("rainbowclientcookie").is_none(), "no cookie until one is set");
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"ok\"}").await, 3.0);
+    assert_eq!(gw.metric("rainbow_messages_total{direction=\"in\",qos=\"1\"}").await, 1.0);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn qos2_duplicate_before_rel_is_not_forwarded_again() {
+    let backend = Backend::start().await;
+    backend.on_forward(|_| Reply::ok("once").delay(Duration::from_millis(200)));
+    let gw = TestGateway::start(&backend, &[]).await;
+    let mut ws = raw_connect(&gw).await;
+    let send = Send { message_type: 3, qos: Qos::ExactlyOnce, id: 41, dup: false, payload: "x".into() };
+    send_packet(&mut ws, Packet::Send(send.clone())).await;
+    // A DUP while the first is still being forwarded: swallowed.
+    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send.clone() })).await;
+    let rec = PacketReply { id: 41, payload: "once".into() };
+    assert_eq!(next_packet(&mut ws).await, Packet::Rec(rec.clone()));
+    // A DUP after our REC (as if the REC was lost): the same REC again, no new forward.
+    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send.clone() })).await;
+    assert_eq!(next_packet(&mut ws).await, Packet::Rec(rec));
+    send_packet(&mut ws, Packet::Rel(41)).await;
+    assert_eq!(next_packet(&mut ws).await, Packet::Com(41));
+    assert_eq!(backend.calls("forward").len(), 1, "exactly once");
+    assert_eq!(gw.metric("rainbow_qos2_duplicates_total").await, 2.0);
+    // After REL the id may be reused for a new message.
+    send_packet(&mut ws, Packet::Send(send)).await;
+    assert!(matches!(next_packet(&mut ws).await, Packet::Rec(_)));
+    assert_eq!(backend.calls("forward").len(), 2);
+}
+
+#[tokio::test]
+async fn failed_forward_sends_nothing_and_a_qos2_retransmission_is_processed() {
+    let backend = Backend::start().await;
+    backend.on_forward(|call| if call.body.as_ref() == b"first" { Reply::ok("").status(500) } else { Reply::ok("ok") });
+    let gw = TestGateway::start(&backend, &[]).await;
+    let mut ws = raw_connect(&gw).await;
+    let send = Send { message_type: 3, qos: Qos::ExactlyOnce, id: 5, dup: false, payload: "first".into() };
+    send_packet(&mut ws, Packet::Send(send.clone())).await;
+    backend.wait_calls("forward", 1).await;
+    assert_silent(&mut ws, Duration::from_millis(300)).await;
+    // The client's retransmission is processed because the id was forgotten.
+    send_packet(&mut ws, Packet::Send(Send { dup: true, payload: "second".into(), ..send })).await;
+    assert_eq!(next_packet(&mut ws).await, Packet::Rec(PacketReply { id: 5, payload: "ok".into() }));
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"http_error\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn cookie_and_channels_from_connect_and_forward_responses() {
+    let backend = Backend::start().await;
+    let cookie1 = encode(&json!({"user": "jeff"}).to_string());
+    let cookie2 = encode(&json!({"user": "kit"}).to_string());
+    backend.on_connect(
+        Reply::ok(r#"{"status": "success"}"#)
+            .header("rainbowclientcookie", &cookie1)
+            .header("rainbowclientchannel", "lobby;;news"),
+    );
+    let c2 = cookie2.clone();
+    backend.on_forward(move |_| {
+        Reply::ok("renamed")
+            .header("rainbowclientcookie", &c2)
+            .header("rainbowclientchannelunsub", "lobby")
+            .header("rainbowclientchannel", "room")
+    });
+    let gw = TestGateway::start(&backend, &[]).await;
+    let (client, mut events) = rainbow_client::Client::connect(client_config(&gw)).await.unwrap();
+    gw.wait_connections(1).await;
+    let channels =
+        |gw: &TestGateway| gw.gw.hub.channel_counts().into_iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(channels(&gw), ["lobby", "news"]);
+
+    client.send(0, "rename", Qos::AtLeastOnce).await.unwrap();
+    let forward = &backend.wait_calls("forward", 1).await[0];
+    assert_eq!(forward.header("rainbowclientcookie"), Some(cookie1), "cookie from the connect hook is sent back");
+    assert_eq!(channels(&gw), ["news", "room"], "unsub applied, then sub");
+
+    client.send(1, "again", Qos::AtLeastOnce).await.unwrap();
+    let calls = backend.wait_calls("forward", 2).await;
+    assert_eq!(calls[1].header("rainbowclientcookie"), Some(cookie2.clone()), "the forward hook replaced the cookie");
+
+    // The subscription is real: a push to "room" arrives.
+    let (_, answer) = gw.api("/send/", &[("channel", "room"), ("msgtype", "1002"), ("qos", "0")], "hi").await;
+    assert_eq!(answer, json!({"status": 0}));
+    let event = tokio::time::timeout(WAIT, events.next()).await.unwrap().unwrap();
+    assert!(matches!(event, Event::Message(ref m) if m.message_type == 1002 && &m.payload[..] == b"hi"), "{event:?}");
+
+    client.close().await;
+    let close = &backend.wait_calls("close", 1).await[0];
+    assert_eq!(close.header("rainbowclientcookie"), Some(cookie2), "close hook carries the cookie");
+}
+
+#[tokio::test]
+async fn messages_of_one_connection_reach_the_backend_in_order() {
+    let backend = Backend::start().await;
+    // Earlier messages are slower, so any concurrency would reorder them.
+    backend.on_forward(|call| {
+        let n: u64 = String::from_utf8_lossy(&call.body).parse().unwrap_or(0);
+        Reply::ok("").delay(Duration::from_millis(20u64.saturating_sub(n * 2)))
+    });
+    let gw = TestGateway::start(&backend, &[]).await;
+    let (client, _events) = rainbow_client::Client::connect(client_config(&gw)).await.unwrap();
+    for n in 0..10 {
+        client.send(1, n.to_string(), Qos::AtMostOnce).await.unwrap();
+    }
+    let calls = backend.wait_calls("forward", 10).await;
+    let order: Vec<String> = calls.iter().map(|c| String::from_utf8_lossy(&c.body).into_owned()).collect();
+    assert_eq!(order, (0..10).map(|n| n.to_string()).collect::<Vec<_>>());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_slow_backend_times_out_and_the_client_gets_no_reply() {
+    let backend = Backend::start().await;
+    backend.on_forward(|_| Reply::ok("late").delay(Duration::from_secs(2)));
+    let gw = TestGateway::start(&backend, &[("forward_timeout", "200ms")]).await;
+    let mut ws = raw_connect(&gw).await;
+    send_packet(
+        &mut ws,
+        Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
+    )
+    .await;
+    assert_silent(&mut ws, Duration::from_millis(800)).await;
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"timeout\"}").await, 1.0);
+}

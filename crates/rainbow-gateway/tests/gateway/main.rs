@@ -1,0 +1,10 @@
+//! Integration tests: a real gateway (in-process, on a free loopback port) and
+//! a real HTTP backend on loopback, covering every flow of the v1 spec.
+
+mod harness;
+
+mod connect;
+mod forward;
+mod lifecycle;
+mod limits;
+mod push;
