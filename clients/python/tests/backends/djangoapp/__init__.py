@@ -1,0 +1,1 @@
+"""A Django app whose ``rainbow`` module holds rainbow-django style handlers."""

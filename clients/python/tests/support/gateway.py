@@ -1,0 +1,103 @@
+"""The real gateway as a subprocess: a spec §9 INI file, a free port, /hello/ polling."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from backends.servers import Backend, free_port
+from rainbow.backend import RainbowAPI
+
+TOKEN = "qwe123"
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway binary exited or never answered /hello/."""
+
+
+@dataclass
+class Gateway:
+    process: "subprocess.Popen[bytes]"
+    port: int
+    token: str
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def api(self, token: Optional[str] = None) -> RainbowAPI:
+        return RainbowAPI(self.url, token or self.token)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_gateway(binary: Path, workdir: Path, backend_url: str, token: str = TOKEN) -> Gateway:
+    """Writes a spec §9 rainbow.ini, starts ``rainbow-server -f ini -p PORT``
+    and polls ``GET /hello/`` until it answers ``ok``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ini = workdir / "rainbow.ini"
+    ini.write_text(
+        "[main]\n"
+        f"security_token = {token}\n"
+        f"connect_url = {backend_url}/rainbow/connect/\n"
+        f"close_url = {backend_url}/rainbow/close/\n"
+        f"forward_url = {backend_url}/rainbow/message/{{message_type}}/\n"
+    )
+    port = free_port()
+    log = workdir / "gateway.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(binary), "-f", str(ini), "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir
+        )
+    gateway = Gateway(process, port, token, log)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise GatewayStartError(f"the gateway exited with {process.returncode} at startup:\n{gateway.log_tail()}")
+        try:
+            with opener.open(f"{gateway.url}/hello/", timeout=1) as rsp:
+                if rsp.read().strip() == b"ok":
+                    return gateway
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            gateway.stop()
+            raise GatewayStartError(f"the gateway never answered /hello/ on port {port}:\n{gateway.log_tail()}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Stack:
+    """A real backend and a real gateway wired to each other."""
+
+    backend: Backend
+    gateway: Gateway
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+
