@@ -417,6 +417,16 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../../docs/configuration.md");
+        for key in KEYS {
+            let default = if key.default.is_empty() { "(none)".to_string() } else { format!("`{}`", key.default) };
+            let row = format!("| `{}` | {default} |", key.name);
+            assert!(doc.contains(&row), "docs/configuration.md lacks the row {row}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_original() {
         let c = config(&[]).unwrap();
         assert_eq!(c.http_port, 1984);

@@ -189,10 +189,9 @@ impl<'a> Driver<'a> {
         let Some(item) = self.conn.pop() else { return Turn::Continue };
         let message = match item {
             Outgoing::Frame(frame) => {
-                if let Some(&first) = frame.first() {
-                    if first >> 4 == 1 {
-                        self.gw.metrics.messages_out.0[usize::from((first >> 1) & 0b11).min(2)].inc();
-                    }
+                // Count SENDs (command 1) by the qos bits of byte 0.
+                if let Some(&first) = frame.first().filter(|b| **b >> 4 == 1) {
+                    self.gw.metrics.messages_out.0[usize::from((first >> 1) & 0b11).min(2)].inc();
                 }
                 Message::Binary(frame)
             }

@@ -354,10 +354,10 @@ pub async fn close_frame(ws: &mut RawWs) -> (u16, String) {
 
 /// Asserts nothing arrives for `quiet`.
 pub async fn assert_silent(ws: &mut RawWs, quiet: Duration) {
-    if let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, ws.next()).await {
-        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
-            panic!("expected silence, got {m:?}");
-        }
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, ws.next()).await
+        && !matches!(m, Message::Ping(_) | Message::Pong(_))
+    {
+        panic!("expected silence, got {m:?}");
     }
 }
 
