@@ -17,3 +17,10 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 cargo test --workspace --locked --doc
+
+echo "== the README's run command (one round trip through gateway and quick-start backend)"
+demo_out=$(PROFILE=debug DEMO_ONESHOT=1 PORT=19841 RUST_LOG=warn scripts/demo.sh 2>&1)
+if ! grep -q '{"echo": "{\\"hello\\": \\"rainbow\\"}"}' <<<"$demo_out"; then
+  echo "scripts/demo.sh did not complete a round trip:"; echo "$demo_out"; exit 1
+fi
+echo "demo round trip ok"
