@@ -175,6 +175,12 @@ impl<'a> Driver<'a> {
             };
             match turn {
                 Turn::Continue => {}
+                Turn::End(DisconnectReason::Client) => {
+                    // If the client sent a close frame, tungstenite queued the
+                    // reply; let it go out to complete the closing handshake.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
+                    break DisconnectReason::Client;
+                }
                 Turn::End(reason) => break reason,
             }
         };
