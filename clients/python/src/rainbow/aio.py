@@ -681,8 +681,10 @@ class AsyncClient:
 
 
 def _close_reason(ws: ClientConnection) -> str:
-    code = getattr(ws, "close_code", None)
-    reason = getattr(ws, "close_reason", None)
+    # ws.close_code/close_reason appeared in websockets 15; the protocol has them in all versions.
+    protocol = getattr(ws, "protocol", None)
+    code = getattr(protocol, "close_code", None)
+    reason = getattr(protocol, "close_reason", None)
     return f"closed by the gateway (code {code}{', ' + reason if reason else ''})"
 
 

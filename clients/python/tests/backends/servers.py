@@ -10,6 +10,7 @@ Each serves the hooks under ``/rainbow/`` and returns a :class:`Backend`.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -23,6 +24,17 @@ from .scenario import DJANGO, Scenario
 
 
 def free_port() -> int:
+    """A port free on all interfaces, chosen below Linux's ephemeral range
+    (32768+) so outgoing connections do not grab it before the server binds."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -175,7 +187,7 @@ def start_fastapi(token: str) -> Backend:
 
     app.mount("/rainbow", RainbowASGI(hooks))
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="none")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

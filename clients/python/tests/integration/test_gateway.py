@@ -32,6 +32,15 @@ def identity_of(client: Client) -> str:
     return str(reply["identity"])
 
 
+def ready(client: Client) -> Client:
+    """One round trip: the gateway reads a SEND only once the connection is
+    registered and the connect hook's control headers are applied. (The 101
+    can reach the client a moment before that, so an API call racing the
+    handshake may not see the new connection yet.)"""
+    assert client.send(1, "ready?", qos=1, timeout=5)[1]["echo"] == "ready?"
+    return client
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -152,6 +161,7 @@ def test_channel_subscription_set_by_response_headers(stack: Stack) -> None:
     with Client(stack.gateway.ws_url, params={"channel": room}, on_message=a) as ca, Client(
         stack.gateway.ws_url, on_message=b
     ) as cb:
+        ready(ca)
         # a joined through the connect hook's RAINBOWCLIENTCHANNEL header.
         assert api.send(room, 1001, {"n": 1}, qos=1) == (1, {"who": "a"})
         # b joins through a message hook's header.
@@ -171,9 +181,11 @@ def test_api_send_at_each_qos_collects_client_replies(stack: Stack, qos: int) ->
     room = channel()
     api = stack.gateway.api()
     a, b = Collector("a"), Collector("b")
-    with Client(stack.gateway.ws_url, params={"channel": room}, on_message=a), Client(
+    with Client(stack.gateway.ws_url, params={"channel": room}, on_message=a) as ca, Client(
         stack.gateway.ws_url, params={"channel": room}, on_message=b
-    ):
+    ) as cb:
+        ready(ca)
+        ready(cb)
         connections, reply = api.send(room, 1001, {"qos": qos}, qos=qos, timeout=5)
         if qos == 0:
             assert (connections, reply) == (None, None)
@@ -271,7 +283,8 @@ def test_async_client_handler_reply(stack: Stack) -> None:
         async def on_message(msg_type: int, data: Any) -> Any:
             return {"async": data}
 
-        async with AsyncClient(stack.gateway.ws_url, params={"channel": room}, on_message=on_message):
+        async with AsyncClient(stack.gateway.ws_url, params={"channel": room}, on_message=on_message) as client:
+            await client.send(1, "ready?", qos=1)  # registered (see ready())
             return await asyncio.to_thread(api.send, room, 1004, 5, 1, 5)
 
     assert asyncio.run(main()) == (1, {"async": 5})

@@ -133,7 +133,9 @@ class ScriptedGateway:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0, process_request=self._process_request, compression=None) as server:
+        async with serve(
+            self._handler, "127.0.0.1", 0, process_request=self._process_request, compression=None
+        ) as server:
             self.port = list(server.sockets)[0].getsockname()[1]
             self._ready.set()
             await self._stop.wait()

@@ -325,7 +325,7 @@ def test_malformed_packet_closes_with_1002_and_reconnects() -> None:
         if peer.number == 1:
             await peer.send_raw(b"\x60\x00\x01")
             await peer.ws.wait_closed()
-            close_codes.append(peer.ws.close_code)
+            close_codes.append(peer.ws.protocol.close_code)
             return
         await answer_everything(peer)
 
@@ -335,6 +335,7 @@ def test_malformed_packet_closes_with_1002_and_reconnects() -> None:
             gw.peer(1)
             wait_until(lambda: client.connected and client.async_client._connections == 2)
             assert client.send(1, None, qos=1, timeout=5) == (1, {"echo": None, "type": 1})
+        wait_until(lambda: bool(close_codes))
         assert close_codes == [1002]
     finally:
         gw.close()

@@ -68,7 +68,9 @@ def test_cookie_without_padding_or_urlsafe_still_decodes() -> None:
     assert decode_context(raw) == {"a": "??>>"}
 
 
-@pytest.mark.parametrize("cookie", ["%%%not-base64", base64.b64encode(b"[1,2]").decode(), base64.b64encode(b"{").decode()])
+@pytest.mark.parametrize(
+    "cookie", ["%%%not-base64", base64.b64encode(b"[1,2]").decode(), base64.b64encode(b"{").decode()]
+)
 def test_foreign_cookie_is_a_value_error(cookie: str) -> None:
     with pytest.raises(ValueError):
         decode_context(cookie)
