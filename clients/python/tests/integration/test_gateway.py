@@ -353,3 +353,24 @@ def test_api_rejects_a_stale_signature(flask_stack: Stack) -> None:
     body = json.dumps({"identity": "x", "channel": "y"}).encode()
     status, _, raw = http("POST", f"{gateway.url}/sub/?{urlencode(old)}", {}, body)
     assert json.loads(raw) == {"status": 1, "msg": "signature error"}, (status, raw)
+
+
+def test_gateway_retransmits_an_unanswered_push_with_dup(flask_stack: Stack) -> None:
+    """The handler fails once, so the client leaves the qos-2 SEND unanswered;
+    the gateway retransmits it (DUP, every 3 s) and the retry is processed once."""
+    room = channel()
+    calls: List[Any] = []
+
+    def flaky(msg_type: int, data: Any) -> Any:
+        calls.append(data)
+        if len(calls) == 1:
+            raise RuntimeError("first delivery fails on purpose")
+        return {"attempt": len(calls)}
+
+    with Client(flask_stack.gateway.ws_url, params={"channel": room}, on_message=flaky) as client:
+        ready(client)
+        started = time.monotonic()
+        assert flask_stack.gateway.api().send(room, 1005, "again", qos=2, timeout=8) == (1, {"attempt": 2})
+        assert time.monotonic() - started >= 2.5, "answered by the retransmission, not the first copy"
+        time.sleep(0.5)
+    assert calls == ["again", "again"]

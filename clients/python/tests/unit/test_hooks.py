@@ -277,3 +277,24 @@ def test_loader_runs_once_before_the_first_call() -> None:
 def test_replacing_a_handler_warns(hooks: Hooks) -> None:
     with pytest.warns(RuntimeWarning):
         hooks.message(1)(lambda r: None)
+
+
+def test_parse_request_without_a_framework() -> None:
+    from rainbow.backend import BadPayload, MissingIdentity, parse_request
+
+    request = parse_request(
+        "message",
+        query={"timestamp": "1", "nonce": "2", "signature": "x", "extra": "y"},
+        headers={"RAINBOWCLIENTIDENTITY": "id7", "RAINBOWCLIENTCOOKIE": cookie_of({"user": "ann"})},
+        body=b'{"message": "hi"}',
+        msg_type=1,
+    )
+    assert (request.identity, request.msg_type, request.data) == ("id7", 1, {"message": "hi"})
+    assert request.context == {"user": "ann"}
+    assert request.params == {"extra": "y"}, "signature params are stripped"
+    close = parse_request("close", query={}, headers={"rainbowclientidentity": "id7", "RAINBOWCLIENTCOOKIE": ""})
+    assert (close.kind, close.context, close.data, close.msg_type) == ("close", {}, None, None)
+    with pytest.raises(MissingIdentity):
+        parse_request("connect", query={}, headers={})
+    with pytest.raises(BadPayload):
+        parse_request("message", query={}, headers={"RAINBOWCLIENTIDENTITY": "i"}, body=b"{", msg_type=1)

@@ -4,7 +4,8 @@ gateway, independent of any web framework.
 - Signatures (spec §7): :func:`sign`, :func:`verify_signature`,
   :func:`check_signature`, :class:`NonceCache`.
 - Hooks (spec §3-§6): :class:`Hooks` (handler registry and hook serving),
-  :class:`RainbowRequest`, :class:`RainbowResponse`, :class:`HookResult`.
+  :func:`parse_request`, :class:`RainbowRequest`, :class:`RainbowResponse`,
+  :class:`HookResult`.
 - The gateway's API (spec §8): :class:`RainbowAPI`, :class:`AsyncRainbowAPI`.
 
 Framework adapters on top of this core: :mod:`rainbow.django`,
@@ -30,9 +31,12 @@ from .hooks import (
     HookResult,
     Hooks,
     RainbowRequest,
+    BadPayload,
+    MissingIdentity,
     RainbowResponse,
     decode_context,
     encode_context,
+    parse_request,
 )
 from .signature import DEFAULT_WINDOW, NonceCache, check_signature, make_signature, sign, verify_signature
 
@@ -49,6 +53,9 @@ __all__ = [
     "RainbowResponse",
     "encode_context",
     "decode_context",
+    "parse_request",
+    "MissingIdentity",
+    "BadPayload",
     "RainbowAPI",
     "AsyncRainbowAPI",
     "RainbowAPIError",

@@ -49,6 +49,9 @@ __all__ = [
     "Hooks",
     "encode_context",
     "decode_context",
+    "parse_request",
+    "MissingIdentity",
+    "BadPayload",
 ]
 
 log = logging.getLogger("rainbow.backend")
@@ -266,6 +269,72 @@ def _resolve(setting: Setting) -> Optional[str]:
     return setting() if callable(setting) else setting
 
 
+class MissingIdentity(ValueError):
+    """A hook call without the ``RAINBOWCLIENTIDENTITY`` header."""
+
+
+class BadPayload(ValueError):
+    """A forwarded payload that does not match ``data_format``."""
+
+
+def parse_request(
+    kind: str,
+    *,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes = b"",
+    msg_type: Optional[int] = None,
+    data_format: str = "json",
+    native: Any = None,
+) -> RainbowRequest:
+    """Builds the :class:`RainbowRequest` of one hook call (no signature check:
+    see :func:`~rainbow.backend.check_signature` or :meth:`Hooks.parse`).
+
+    The identity comes from ``RAINBOWCLIENTIDENTITY`` (:class:`MissingIdentity`
+    if absent), the context from ``RAINBOWCLIENTCOOKIE`` (``{}`` when missing,
+    empty or not ours), the data from the body of a message hook: JSON
+    decoded (:class:`BadPayload` if it is not JSON) or, with
+    ``data_format="raw"``, the bytes. Header names are case-insensitive.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"unknown hook kind {kind!r}")
+    lower = {k.lower(): v for k, v in headers.items()}
+    identity = lower.get(IDENTITY_HEADER.lower(), "").strip()
+    if not identity:
+        raise MissingIdentity(f"the {IDENTITY_HEADER} header is required")
+    cookie = lower.get(COOKIE_HEADER.lower())
+    try:
+        context = decode_context(cookie)
+    except ValueError as exc:
+        log.warning("connection %s carries a cookie that is not ours (%s); context starts empty", identity, exc)
+        context = {}
+    data: Any = None
+    if kind == MESSAGE:
+        if data_format == "json":
+            if body.strip():
+                try:
+                    data = json.loads(body.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise BadPayload(f"the client's payload (type {msg_type}) is not JSON: {exc}") from exc
+        elif data_format == "raw":
+            data = bytes(body)
+        else:
+            raise RuntimeError(f"RAINBOW_DATA_FORMAT must be 'json' or 'raw', not {data_format!r}")
+    params = {k: v for k, v in query.items() if k not in _SIGNATURE_PARAMS}
+    return RainbowRequest(
+        identity,
+        msg_type if kind == MESSAGE else None,
+        data,
+        context,
+        kind=kind,
+        params=params,
+        headers=lower,
+        body=bytes(body),
+        cookie=cookie,
+        native=native,
+    )
+
+
 class Hooks:
     """A registry of hook handlers plus the logic to serve them.
 
@@ -371,44 +440,23 @@ class Hooks:
         except SignatureError as exc:
             log.warning("rejected a rainbow %s hook call: %s", kind, exc)
             return HookResult.error(403, str(exc), INVALID_SIGNATURE)
-        lower = {k.lower(): v for k, v in headers.items()}
-        identity = lower.get(IDENTITY_HEADER.lower(), "").strip()
-        if not identity:
-            log.warning("rejected a rainbow %s hook call without %s", kind, IDENTITY_HEADER)
-            return HookResult.error(400, f"the {IDENTITY_HEADER} header is required", INVALID_IDENTITY)
-        cookie = lower.get(COOKIE_HEADER.lower())
+        data_format = _resolve(self.data_format) or "json"
         try:
-            context = decode_context(cookie)
-        except ValueError as exc:
-            log.warning("connection %s carries a cookie that is not ours (%s); context starts empty", identity, exc)
-            context = {}
-        data: Any = None
-        if kind == MESSAGE:
-            data_format = _resolve(self.data_format) or "json"
-            if data_format == "json":
-                if body.strip():
-                    try:
-                        data = json.loads(body.decode("utf-8"))
-                    except (UnicodeDecodeError, ValueError) as exc:
-                        log.warning("message type %s from %s is not JSON: %s", msg_type, identity, exc)
-                        return HookResult.error(400, f"the client's payload is not JSON: {exc}")
-            elif data_format == "raw":
-                data = bytes(body)
-            else:
-                raise RuntimeError(f"RAINBOW_DATA_FORMAT must be 'json' or 'raw', not {data_format!r}")
-        params = {k: v for k, v in query.items() if k not in _SIGNATURE_PARAMS}
-        return RainbowRequest(
-            identity,
-            msg_type if kind == MESSAGE else None,
-            data,
-            context,
-            kind=kind,
-            params=params,
-            headers=lower,
-            body=bytes(body),
-            cookie=cookie,
-            native=native,
-        )
+            return parse_request(
+                kind,
+                query=query,
+                headers=headers,
+                body=body,
+                msg_type=msg_type,
+                data_format=data_format,
+                native=native,
+            )
+        except MissingIdentity as exc:
+            log.warning("rejected a rainbow %s hook call: %s", kind, exc)
+            return HookResult.error(400, str(exc), INVALID_IDENTITY)
+        except BadPayload as exc:
+            log.warning("rejected a rainbow %s hook call: %s", kind, exc)
+            return HookResult.error(400, str(exc))
 
     def call(self, request: RainbowRequest) -> Any:
         """Runs the request's handler and returns what it returned (maybe an
