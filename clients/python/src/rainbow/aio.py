@@ -140,6 +140,11 @@ class AsyncClient:
     :param backoff: ``(first, max)`` seconds between reconnect attempts.
     :param retransmit_interval: seconds between DUP retransmissions (3 s, as
         the original server).
+    :param max_in_flight: qos 1/2 sends awaiting an answer at once (more wait).
+    :param max_queue: pushed messages waiting for the handler or ``receive()``;
+        beyond it qos-0 messages are dropped and qos 1/2 left unanswered (the
+        gateway retransmits them).
+    :param max_pending: unfinished :meth:`send_async` calls.
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class AsyncClient:
         max_in_flight: int = 256,
         max_unreleased: int = 128,
         max_queue: int = 1024,
+        max_pending: int = 1024,
         max_size: int = 1 << 20,
         decode_json: bool = True,
     ) -> None:
@@ -182,6 +188,8 @@ class AsyncClient:
         self.max_in_flight = max_in_flight
         self.max_unreleased = max_unreleased
         self.max_queue = max_queue
+        self.max_pending = max_pending
+        self._pending = 0
         self.max_size = max_size
         self.decode_json = decode_json
         self._on_message = on_message
@@ -330,18 +338,25 @@ class AsyncClient:
         callback: Optional[SendCallback] = None,
     ) -> "asyncio.Task[Tuple[int, Any]]":
         """Starts :meth:`send` in a task and returns it. ``callback`` (plain or
-        ``async``) gets ``(rsp_type, content)`` or, on failure, the exception."""
+        ``async``) gets ``(rsp_type, content)`` or, on failure, the exception.
+        At most ``max_pending`` such sends may be unfinished at once."""
+        if self._pending >= self.max_pending:
+            raise RainbowError(f"{self._pending} send_async calls are still pending (max_pending)")
+        self._pending += 1
 
         async def run() -> Tuple[int, Any]:
             try:
-                result = await self.send(msg_type, data, qos=qos, timeout=timeout)
-            except Exception as exc:
+                try:
+                    result = await self.send(msg_type, data, qos=qos, timeout=timeout)
+                except Exception as exc:
+                    if callback is not None:
+                        await _call_logged(callback, exc)
+                    raise
                 if callback is not None:
-                    await _call_logged(callback, exc)
-                raise
-            if callback is not None:
-                await _call_logged(callback, *result)
-            return result
+                    await _call_logged(callback, *result)
+                return result
+            finally:
+                self._pending -= 1
 
         return self._spawn(run(), f"send_async type {msg_type}", track=False)
 

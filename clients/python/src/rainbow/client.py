@@ -137,6 +137,7 @@ class Client:
             headers,
             on_message=async_on_message,
             on_connect=async_on_connect,
+            max_pending=max_pending,
             **options,
         )
         if connect:

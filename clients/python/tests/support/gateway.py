@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.request
@@ -68,8 +69,11 @@ def start_gateway(binary: Path, workdir: Path, backend_url: str, token: str = TO
     port = free_port()
     log = workdir / "gateway.log"
     with open(log, "wb") as out:
+        # The gateway reads RAINBOW_* variables as configuration: keep them
+        # (RAINBOW_BIN included) away from it so the INI file is the whole config.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAINBOW_")}
         process = subprocess.Popen(
-            [str(binary), "-f", str(ini), "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir
+            [str(binary), "-f", str(ini), "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env
         )
     gateway = Gateway(process, port, token, log)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -452,3 +452,21 @@ def test_in_flight_limit_waits_for_room() -> None:
             assert [f.result(10)[1]["echo"] for f in futures] == list(range(6))
     finally:
         gw.close()
+
+
+def test_send_async_is_bounded() -> None:
+    async def silent(peer: Peer) -> None:
+        while True:
+            await peer.recv(timeout=3600)
+
+    gw = ScriptedGateway(silent)
+    try:
+        with Client(gw.url, max_pending=2) as client:
+            client.send_async(1, {}, qos=1, timeout=0.5)
+            client.send_async(1, {}, qos=1, timeout=0.5)
+            with pytest.raises(rainbow.RainbowError, match="pending"):
+                client.send_async(1, {}, qos=1, timeout=0.5)
+            time.sleep(1.0)
+            client.send_async(1, {}, qos=0).result(5)  # room again once they timed out
+    finally:
+        gw.close()
