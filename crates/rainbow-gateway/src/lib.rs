@@ -11,6 +11,7 @@
 //! - [`hub`]: connections, channels and delivery to them.
 //! - [`backend`]: the connect, forward and close hooks.
 //! - [`signature`], [`metrics`], [`state`]: shared pieces.
+//! - [`demo`]: `rainbow demo`, the chat room on an in-process backend.
 //!
 //! The packet codec and QoS state machines are in `rainbow-protocol`, which
 //! does no IO.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod metrics;
 pub mod server;

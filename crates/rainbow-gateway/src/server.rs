@@ -43,6 +43,7 @@ pub enum ServerError {
 pub struct Server {
     gw: Arc<Gateway>,
     listener: TcpListener,
+    extra: Option<axum::Router>,
 }
 
 impl Server {
@@ -68,7 +69,7 @@ impl Server {
         if let Ok(local) = listener.local_addr() {
             config.http_port = local.port();
         }
-        Ok(Server { gw: Arc::new(Gateway::new(config, reloader)), listener })
+        Ok(Server { gw: Arc::new(Gateway::new(config, reloader)), listener, extra: None })
     }
 
     /// The bound address.
@@ -83,12 +84,22 @@ impl Server {
         self.gw.clone()
     }
 
+    /// Adds routes (for example the demo's chat page) next to the gateway's.
+    pub fn with_routes(mut self, routes: axum::Router) -> Server {
+        self.extra = Some(routes);
+        self
+    }
+
     /// Serves until `shutdown` resolves, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Server { gw, listener } = self;
+        let Server { gw, listener, extra } = self;
         info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
         let sweeper = tokio::spawn(sweep(gw.clone()));
-        let app = api::router(gw.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut app = api::router(gw.clone());
+        if let Some(extra) = extra {
+            app = app.merge(extra);
+        }
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let stopping = gw.clone();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

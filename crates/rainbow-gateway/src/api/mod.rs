@@ -4,6 +4,7 @@
 //! - [`push`]: `/send/`, `/sub/`, `/unsub/` (signed).
 //! - [`info`]: `/hello/`, `/serverinfo/`, `/healthz`, `/metrics` (public) and
 //!   `/updateconfig/` (signed).
+//! - `/rainbow.js`: the browser client, embedded at build time (see `demo`).
 //!
 //! Answers follow the original's convention: JSON with `status` 0 on success
 //! and `{"status": 1, "msg": ...}` on failure, with HTTP 200, so existing
@@ -42,7 +43,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     ] {
         router = router.route(path, route.clone()).route(path.trim_end_matches('/'), route);
     }
-    router.route("/metrics", get(info::metrics)).route("/healthz", get(info::healthz)).with_state(gw)
+    router
+        .route("/metrics", get(info::metrics))
+        .route("/healthz", get(info::healthz))
+        .route("/rainbow.js", get(crate::demo::rainbow_js))
+        .with_state(gw)
 }
 
 /// `{"status": 1, "msg": msg}` with HTTP 200.

@@ -22,6 +22,80 @@ enum Command {
     Serve(ServeArgs),
     /// Talk to a gateway as a client.
     Client(rainbow_client::cli::ClientArgs),
+    /// Run a live chat demo: the gateway, an in-process chat backend, and the
+    /// chat page at http://HOST:PORT/.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Port (1984 by default; 1985..2003 are tried if it is taken).
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
+    /// Listen address; use 0.0.0.0 to let other machines join.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    init_tracing();
+    let backend = match rainbow_gateway::demo::ChatBackend::bind().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot start the demo backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = hex_token();
+    let mut settings = Settings::from_pairs([("security_token", token.as_str()), ("bind", args.bind.as_str())]);
+    settings.set("connect_url", &backend.connect_url(), Origin::Code);
+    settings.set("forward_url", &backend.forward_url(), Origin::Code);
+    settings.set("close_url", &backend.close_url(), Origin::Code);
+    if let Some(port) = args.port {
+        settings.set("http_port", &port.to_string(), Origin::Cli);
+    }
+    let config = match rainbow_gateway::Config::from_settings(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match rainbow_gateway::Server::bind(config, None).await {
+        Ok(s) => s.with_routes(rainbow_gateway::demo::page_routes()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = server.local_addr().port();
+    if let Err(e) = backend.serve(format!("http://127.0.0.1:{port}"), token) {
+        eprintln!("error: cannot start the demo backend: {e}");
+        return ExitCode::FAILURE;
+    }
+    let host = if args.bind == "0.0.0.0" { "localhost" } else { args.bind.as_str() };
+    println!("\nRainbow demo: open http://{host}:{port}/ in two browser tabs and chat.\n");
+    match server.run(server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A random token for the demo's signatures.
+fn hex_token() -> String {
+    (0..4).map(|_| format!("{:08x}", rand_u32())).collect()
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; good enough for a demo token that
+    // never leaves this process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish() as u32
 }
 
 #[derive(clap::Args)]
@@ -80,6 +154,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => demo(args).await,
         Command::Client(args) => match rainbow_client::cli::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

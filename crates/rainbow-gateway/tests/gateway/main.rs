@@ -4,6 +4,7 @@
 mod harness;
 
 mod connect;
+mod demo;
 mod forward;
 mod lifecycle;
 mod limits;
