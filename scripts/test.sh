@@ -18,6 +18,13 @@ else
 fi
 cargo test --workspace --locked --doc
 
+echo "== JavaScript SDK (node --test)"
+clients/js/test.sh
+
+echo "== Python SDK (pytest, against the real gateway binary)"
+cargo build -p rainbow-gateway --bins --locked
+RAINBOW_BIN="$PWD/target/debug/rainbow-server" clients/python/test.sh -q
+
 echo "== the README's run command (one round trip through gateway and quick-start backend)"
 demo_out=$(PROFILE=debug DEMO_ONESHOT=1 PORT=19841 RUST_LOG=warn scripts/demo.sh 2>&1)
 if ! grep -q '{"echo": "{\\"hello\\": \\"rainbow\\"}"}' <<<"$demo_out"; then
