@@ -104,16 +104,21 @@ fn parse_sub(body: &[u8]) -> Option<SubBody> {
     serde_json::from_slice::<SubBody>(body).ok().filter(|b| !b.channel.is_empty())
 }
 
+/// The shared prologue of `/sub/` and `/unsub/`: signature, then the body.
+async fn sub_call(gw: &Gateway, endpoint: &'static str, request: Request) -> Result<SubBody, Response> {
+    let (parts, body) = request.into_parts();
+    let call = signed(gw, endpoint, &parts, body).await?;
+    parse_sub(&call.body).ok_or_else(|| {
+        gw.metrics.api_call(endpoint, "params_error");
+        failure("params error")
+    })
+}
+
 /// `POST /sub/`, body `{"identity": I, "channel": C, "occupy": bool}`.
 pub async fn sub(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let call = match signed(&gw, "sub", &parts, body).await {
-        Ok(call) => call,
+    let body = match sub_call(&gw, "sub", request).await {
+        Ok(body) => body,
         Err(response) => return response,
-    };
-    let Some(body) = parse_sub(&call.body) else {
-        gw.metrics.api_call("sub", "params_error");
-        return failure("params error");
     };
     let Some(conn) = body.identity.parse::<Identity>().ok().and_then(|id| gw.hub.get(&id)) else {
         gw.metrics.api_call("sub", "no_connection");
@@ -140,14 +145,9 @@ pub async fn sub(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
 /// `POST /unsub/`, body `{"identity": I, "channel": C}`. Unknown identities
 /// answer success, as in the original: the subscription is gone either way.
 pub async fn unsub(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let call = match signed(&gw, "unsub", &parts, body).await {
-        Ok(call) => call,
+    let body = match sub_call(&gw, "unsub", request).await {
+        Ok(body) => body,
         Err(response) => return response,
-    };
-    let Some(body) = parse_sub(&call.body) else {
-        gw.metrics.api_call("unsub", "params_error");
-        return failure("params error");
     };
     if let Some(conn) = body.identity.parse::<Identity>().ok().and_then(|id| gw.hub.get(&id)) {
         gw.hub.unsubscribe(&conn, &body.channel);
