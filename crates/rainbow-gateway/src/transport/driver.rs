@@ -46,19 +46,30 @@ type Sink = SplitSink<Ws, Message>;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs a connection from registration to its close hook.
-pub async fn run(gw: Arc<Gateway>, ws: Ws, conn: Arc<Connection>, control: Control, admission: Admission) {
+/// Makes an accepted connection reachable: registered in the hub with the
+/// connect hook's controls applied. Done before the 101 answer, so a `/send/`
+/// or `/sub/` issued as soon as the client is connected finds it.
+pub fn register(gw: &Gateway, conn: &Arc<Connection>, control: &Control) {
     gw.hub.register(conn.clone());
-    control.apply(&gw.hub, &conn);
+    control.apply(&gw.hub, conn);
     gw.metrics.connections.inc();
     if gw.is_shutting_down() {
         // Accepted while shutdown began: close it like the others.
         conn.close(CloseOrder::SHUTDOWN);
     }
+}
 
+/// Runs a registered connection until it ends, then [`finish`]es it.
+pub async fn run(gw: Arc<Gateway>, ws: Ws, conn: Arc<Connection>, admission: Admission) {
     let reason = Driver::new(&gw, &conn).run(ws).await;
+    finish(&gw, &conn, reason).await;
+    drop(admission);
+}
 
-    gw.hub.unregister(&conn);
+/// Forgets a connection: out of the hub and its channels, undelivered
+/// publications settled as failed, then the close hook.
+pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
+    gw.hub.unregister(conn);
     gw.metrics.connections.dec();
     gw.metrics.disconnect(reason);
     for item in conn.finish() {
@@ -70,7 +81,6 @@ pub async fn run(gw: Arc<Gateway>, ws: Ws, conn: Arc<Connection>, control: Contr
     info!(identity = %conn.identity(), peer = %conn.peer(), reason = reason.label(), "disconnected");
     let config = gw.config();
     gw.backend.close(&config, &gw.metrics, conn.identity(), conn.cookie().as_deref()).await;
-    drop(admission);
 }
 
 /// A token bucket: `rate` messages per second, bursts of twice that.

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::backend::ConnectDecision;
 use crate::config::Config;
 use crate::hub::{Connection, Identity, coarse_now};
+use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
 
 /// Header (or query parameter) naming the client device.
@@ -144,23 +145,24 @@ pub async fn connect(
         }
     };
     gw.metrics.connect("accepted");
+    let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
+    let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
+    driver::register(&gw, &conn, &control);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ws_config = websocket_config(&config);
     let task_gw = gw.clone();
     gw.tasks.spawn(async move {
         let gw = task_gw;
-        let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
-        let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
                 info!(%identity, %peer, %device_id, %os, "connected");
-                driver::run(gw, ws, conn, control, admission).await;
+                driver::run(gw, ws, conn, admission).await;
             }
             Err(e) => {
                 // The hook accepted, so the backend must hear that it ended.
                 debug!(%identity, %peer, "upgrade failed after the connect hook accepted: {e}");
-                gw.backend.close(&config, &gw.metrics, identity, conn.cookie().as_deref()).await;
+                driver::finish(&gw, &conn, DisconnectReason::Client).await;
                 drop(admission);
             }
         }

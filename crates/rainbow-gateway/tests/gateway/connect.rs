@@ -89,3 +89,20 @@ async fn without_connect_url_every_connection_is_accepted() {
     assert!(backend.calls("connect").is_empty());
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_push_right_after_the_handshake_reaches_the_hooks_channel() {
+    let backend = Backend::start().await;
+    backend.on_connect(Reply::ok(r#"{"status": "success"}"#).header("rainbowclientchannel", "fresh"));
+    let gw = TestGateway::start(&backend, &[]).await;
+    // The connection is registered with its channels before the 101, so no
+    // round trip is needed first. Repeated to catch a race.
+    for _ in 0..20 {
+        let (client, _events) =
+            rainbow_client::Client::connect(client_config(&gw).handler(|_| Some("here".into()))).await.unwrap();
+        let (_, answer) = gw.api("/send/", &[("channel", "fresh"), ("qos", "1"), ("timeout", "5")], "hi").await;
+        assert_eq!(answer, serde_json::json!({"status": 0, "connections": 1, "data": "here"}));
+        client.close().await;
+        gw.wait_connections(0).await;
+    }
+}
