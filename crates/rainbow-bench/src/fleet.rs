@@ -1,0 +1,331 @@
+//! Where the load runs: in this process, or split over worker processes.
+//!
+//! A process here may hold at most 20,000 open files, so one process stays
+//! under about 19,000 sockets. [`split`] cuts a load into shares of at most
+//! `per_process` connections; one share runs in this process
+//! ([`Fleet::local`]), several run in workers ([`Fleet::spawn`]): this same
+//! binary started with the hidden `worker` subcommand. A worker prints its
+//! [`Event`]s as JSON lines on stdout and lets its connections go when a line
+//! (or end of file) arrives on stdin, so a parent that dies takes its workers
+//! down with it.
+//!
+//! Either way the caller sees one merged stream and three phases:
+//! [`Fleet::opened`], [`Fleet::hold`], [`Fleet::release`].
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::Target;
+use crate::engine::{self, Event, Finished, Opened, Plan, Progress, Sink};
+use crate::sources::Sources;
+
+/// How long workers get to exit after their final report.
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// One process's part of a load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share {
+    /// Global number of the first connection.
+    pub first_index: usize,
+    /// Connections.
+    pub count: usize,
+    /// Connections per second (0 = unpaced).
+    pub rate: f64,
+}
+
+/// Cuts `count` connections at `rate` into as few shares of at most
+/// `per_process` as possible, as even as possible; the rate is divided in
+/// proportion so the total stays `rate`.
+pub fn split(count: usize, rate: f64, per_process: usize) -> Vec<Share> {
+    let per_process = per_process.max(1);
+    let parts = count.div_ceil(per_process).max(1);
+    let (base, extra) = (count / parts, count % parts);
+    let mut first_index = 0;
+    (0..parts)
+        .map(|i| {
+            let n = base + usize::from(i < extra);
+            let share =
+                Share { first_index, count: n, rate: if count == 0 { rate } else { rate * n as f64 / count as f64 } };
+            first_index += n;
+            share
+        })
+        .collect()
+}
+
+/// Settings common to every share of a load.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Where to connect.
+    pub target: Arc<Target>,
+    /// Handshakes in flight at most, per process.
+    pub concurrency: usize,
+    /// Source addresses.
+    pub sources: Sources,
+    /// Longest one open may take.
+    pub handshake_timeout: Duration,
+    /// Device id prefix.
+    pub device_prefix: String,
+}
+
+impl LoadSpec {
+    /// The engine plan of one share.
+    pub fn plan(&self, share: Share) -> Plan {
+        Plan {
+            target: self.target.clone(),
+            count: share.count,
+            first_index: share.first_index,
+            rate: share.rate,
+            concurrency: self.concurrency,
+            sources: self.sources.clone(),
+            handshake_timeout: self.handshake_timeout,
+            device_prefix: self.device_prefix.clone(),
+        }
+    }
+
+    /// The command-line arguments of a worker running `share`.
+    pub fn worker_args(&self, share: Share) -> Vec<String> {
+        vec![
+            "worker".to_string(),
+            "--url".to_string(),
+            self.target.url().to_string(),
+            "--connections".to_string(),
+            share.count.to_string(),
+            "--first-index".to_string(),
+            share.first_index.to_string(),
+            "--rate".to_string(),
+            share.rate.to_string(),
+            "--concurrency".to_string(),
+            self.concurrency.to_string(),
+            "--sources".to_string(),
+            self.sources.to_string(),
+            "--handshake-timeout".to_string(),
+            self.handshake_timeout.as_secs_f64().to_string(),
+            "--device-prefix".to_string(),
+            self.device_prefix.clone(),
+        ]
+    }
+}
+
+/// Something a member of the fleet reported.
+#[derive(Debug)]
+enum Report {
+    /// An engine event.
+    Event(usize, Event),
+    /// The member stopped reporting: normally after `Finished`, or with why not.
+    Exited(usize, Result<(), String>),
+}
+
+enum Member {
+    Local { release: Option<oneshot::Sender<()>> },
+    Child { child: Box<Child>, stdin: Option<ChildStdin> },
+}
+
+/// A running load: one share here, or one per worker process.
+pub struct Fleet {
+    members: Vec<Member>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    progress: Vec<Progress>,
+    opened: Vec<Option<Opened>>,
+    finished: Vec<Option<Finished>>,
+    exited: Vec<bool>,
+}
+
+impl Fleet {
+    fn new(members: Vec<Member>, reports: mpsc::UnboundedReceiver<Report>) -> Fleet {
+        let n = members.len();
+        Fleet {
+            members,
+            reports,
+            progress: vec![Progress::default(); n],
+            opened: vec![None; n],
+            finished: vec![None; n],
+            exited: vec![false; n],
+        }
+    }
+
+    /// Runs one plan in this process.
+    pub fn local(plan: Plan) -> Fleet {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let sink: Sink = {
+            let tx = tx.clone();
+            Arc::new(move |event| {
+                let _ = tx.send(Report::Event(0, event));
+            })
+        };
+        tokio::spawn(async move {
+            let outcome = engine::run(plan, sink, async {
+                let _ = release_rx.await;
+            })
+            .await;
+            let _ = tx.send(Report::Exited(0, outcome.map_err(|e| format!("{e:#}"))));
+        });
+        Fleet::new(vec![Member::Local { release: Some(release_tx) }], rx)
+    }
+
+    /// Starts one worker process per share.
+    pub fn spawn(spec: &LoadSpec, shares: &[Share]) -> anyhow::Result<Fleet> {
+        let exe: PathBuf = std::env::current_exe().context("cannot find this program to start workers")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut members = Vec::with_capacity(shares.len());
+        for (index, share) in shares.iter().enumerate() {
+            let mut child = tokio::process::Command::new(&exe)
+                .args(spec.worker_args(*share))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start worker {index} ({})", exe.display()))?;
+            let stdout = child.stdout.take().context("worker stdout not captured")?;
+            let stdin = child.stdin.take();
+            tokio::spawn(read_worker(index, stdout, tx.clone()));
+            members.push(Member::Child { child: Box::new(child), stdin });
+        }
+        Ok(Fleet::new(members, rx))
+    }
+
+    /// How many processes run the load (1 for a local fleet).
+    pub fn processes(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the load runs in this process.
+    pub fn is_local(&self) -> bool {
+        matches!(self.members.as_slice(), [Member::Local { .. }])
+    }
+
+    /// Counts so far, summed over members.
+    pub fn progress(&self) -> Progress {
+        self.progress.iter().fold(Progress::default(), |a, b| a + *b)
+    }
+
+    /// Takes the next report into the fleet's state.
+    async fn next(&mut self) -> anyhow::Result<()> {
+        let report = self.reports.recv().await.context("every member of the fleet is gone")?;
+        match report {
+            Report::Event(i, Event::Progress(p)) => self.progress[i] = p,
+            Report::Event(i, Event::Opened(o)) => self.opened[i] = Some(o),
+            Report::Event(i, Event::Finished(f)) => self.finished[i] = Some(f),
+            Report::Exited(i, outcome) => {
+                self.exited[i] = true;
+                if let Err(why) = outcome {
+                    bail!("worker {i} failed: {why}");
+                }
+                if self.finished[i].is_none() {
+                    bail!("worker {i} stopped before reporting its results (see its messages above)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every member has finished opening; `on_progress` sees the
+    /// summed counts as they come.
+    pub async fn opened(&mut self, mut on_progress: impl FnMut(Progress)) -> anyhow::Result<Vec<Opened>> {
+        while self.opened.iter().any(Option::is_none) {
+            self.next().await?;
+            on_progress(self.progress());
+        }
+        Ok(self.opened.iter().flatten().cloned().collect())
+    }
+
+    /// Keeps the connections for `duration`, calling `every_second` with the
+    /// summed counts once a second.
+    pub async fn hold(&mut self, duration: Duration, mut every_second: impl FnMut(Progress)) -> anyhow::Result<()> {
+        let end = tokio::time::Instant::now() + duration;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => return Ok(()),
+                _ = tick.tick() => every_second(self.progress()),
+                step = self.next() => step?,
+            }
+        }
+    }
+
+    /// Lets every member's connections go and collects the final reports.
+    pub async fn release(&mut self) -> anyhow::Result<Vec<Finished>> {
+        for member in &mut self.members {
+            match member {
+                Member::Local { release } => {
+                    if let Some(release) = release.take() {
+                        let _ = release.send(());
+                    }
+                }
+                Member::Child { stdin, .. } => {
+                    if let Some(mut stdin) = stdin.take() {
+                        // A worker that already died shows up as an early exit below.
+                        let _ = stdin.write_all(b"release\n").await;
+                        let _ = stdin.flush().await;
+                    }
+                }
+            }
+        }
+        while self.finished.iter().any(Option::is_none) || self.exited.iter().any(|e| !e) {
+            self.next().await?;
+        }
+        for (i, member) in self.members.iter_mut().enumerate() {
+            if let Member::Child { child, .. } = member {
+                match tokio::time::timeout(WORKER_EXIT_GRACE, child.wait()).await {
+                    Ok(Ok(status)) if status.success() => {}
+                    Ok(Ok(status)) => bail!("worker {i} exited with {status}"),
+                    Ok(Err(e)) => bail!("cannot wait for worker {i}: {e}"),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        bail!("worker {i} did not exit after reporting");
+                    }
+                }
+            }
+        }
+        Ok(self.finished.iter().flatten().cloned().collect())
+    }
+}
+
+/// Reads a worker's JSON lines into the fleet's report channel.
+async fn read_worker(index: usize, stdout: ChildStdout, tx: mpsc::UnboundedSender<Report>) {
+    let mut lines = BufReader::new(stdout).lines();
+    let outcome = loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
+                Ok(event) => {
+                    let _ = tx.send(Report::Event(index, event));
+                }
+                Err(e) => {
+                    let start: String = line.chars().take(80).collect();
+                    break Err(format!("printed a line that is not an event ({e}): {start}"));
+                }
+            },
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("cannot read its output: {e}")),
+        }
+    };
+    let _ = tx.send(Report::Exited(index, outcome));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_counts_rates_and_indices() {
+        assert_eq!(split(100, 50.0, 18_000), vec![Share { first_index: 0, count: 100, rate: 50.0 }]);
+        let shares = split(40_001, 4000.0, 18_000);
+        assert_eq!(shares.len(), 3);
+        assert_eq!(shares.iter().map(|s| s.count).sum::<usize>(), 40_001);
+        assert!(shares.iter().all(|s| s.count <= 18_000));
+        assert_eq!(shares[1].first_index, shares[0].count);
+        assert_eq!(shares[2].first_index, shares[0].count + shares[1].count);
+        let total: f64 = shares.iter().map(|s| s.rate).sum();
+        assert!((total - 4000.0).abs() < 1e-6);
+        assert_eq!(split(0, 10.0, 5).len(), 1);
+    }
+}
