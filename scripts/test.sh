@@ -31,3 +31,6 @@ if ! grep -q '{"echo": "{\\"hello\\": \\"rainbow\\"}"}' <<<"$demo_out"; then
   echo "scripts/demo.sh did not complete a round trip:"; echo "$demo_out"; exit 1
 fi
 echo "demo round trip ok"
+
+echo "== benchmark smoke run (200 idle connections, 200 handshakes; figures are in docs/PERFORMANCE.md)"
+bench/smoke.sh
