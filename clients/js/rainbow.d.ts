@@ -140,6 +140,12 @@ export interface ReconnectingInfo {
 export type MessageHandler = (this: Rainbow, msgType: number, data: any, meta: MessageMeta) => unknown;
 
 export interface RainbowEvents {
+  /**
+   * A connection is established; nothing has been written on it yet. Sends
+   * made here (synchronously) are written first, before the sends queued
+   * while disconnected and the unanswered ones: restore per-connection state
+   * (context, channels) here.
+   */
   open: (this: Rainbow) => void;
   message: MessageHandler;
   /** `error` is null after close(), a RainbowError (code DISCONNECTED) otherwise. */

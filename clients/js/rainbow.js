@@ -616,6 +616,8 @@ export class Rainbow {
    */
   #pending = new Map();
   #seq = 0;
+  /** True while 'open' listeners run: their sends are written before the queue. */
+  #inOpen = false;
 
   /**
    * @param {string} [url] ws://host:port, a full .../connect/ URL, or (browser) a path
@@ -779,14 +781,35 @@ export class Rainbow {
     ws.onclose = (event) => this.#onClose(conn, event);
   }
 
+  /**
+   * A connection is established. 'open' listeners run before anything is
+   * written, and what they send goes out first: a new connection has a new
+   * identity and no server-side state (context, channels), and 'open' is
+   * where the app restores it. The sends queued while disconnected, and the
+   * unanswered ones, follow in their order. Writing them first would let the
+   * backend see them on a connection it knows nothing about yet (in the chat
+   * demo: a message sent while offline reached the backend before the name,
+   * was refused with "set your name first", and was lost).
+   */
   #onOpen(conn) {
     if (this.#conn !== conn) return;
     conn.open = true;
     this.#state = 'open';
     this.#attempt = 0;
+    const firstNew = this.#seq + 1;
+    this.#inOpen = true;
+    try {
+      this.#emit('open');
+    } finally {
+      this.#inOpen = false;
+    }
+    if (this.#conn !== conn || !conn.open) return; // a listener called close()
+    const older = [];
+    const fresh = [];
+    for (const item of this.#pending) (item[0] >= firstNew ? fresh : older).push(item);
+    if (fresh.length > 0 && older.length > 0) this.#pending = new Map([...fresh, ...older]);
     this.#pump();
     this.#schedule();
-    if (this.#conn === conn && conn.open) this.#emit('open');
   }
 
   #onSocketError(conn, event) {
@@ -898,7 +921,7 @@ export class Rainbow {
   /** Writes queued sends, in order, while the connection has capacity. */
   #pump() {
     const conn = this.#conn;
-    if (!conn?.open) return;
+    if (!conn?.open || this.#inOpen) return; // #onOpen pumps once its listeners ran
     const now = this.#clock.now();
     for (const entry of this.#pending.values()) {
       if (entry.inFlight) continue;

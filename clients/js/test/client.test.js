@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEVICE_ID_KEY, Rainbow, buildConnectUrl, defaultDeviceId } from '../rainbow.js';
+import { DEVICE_ID_KEY, Rainbow, buildConnectUrl, decodePacket, defaultDeviceId } from '../rainbow.js';
 import { FakeClock } from './helpers.js';
 
 /** A WebSocket stand-in the test opens, fails and closes by hand. */
@@ -252,4 +252,61 @@ test('sends queued while disconnected time out too, and never reach the socket',
   FakeWebSocket.last().accept();
   assert.deepEqual(FakeWebSocket.last().sent, []);
   rb.close();
+});
+
+/** The JSON payloads a fake socket was sent, in order. */
+const sentPayloads = (ws) => ws.sent.map((bytes) => new TextDecoder().decode(decodePacket(bytes).packet.payload));
+
+test("sends made by 'open' listeners are written before the sends queued while disconnected", { timeout: 5000 }, async () => {
+  FakeWebSocket.instances = [];
+  const clock = new FakeClock();
+  const rb = new Rainbow('ws://h', fakeOptions({ clock, reconnect: { min: 100, max: 100, jitter: 0 } }));
+  rb.on('error', () => {});
+  const sends = [];
+  const send = (...args) => sends.push(rb.send(...args).catch((err) => err.code));
+  // The app restores its per-connection state (here: a join) on every open.
+  rb.on('open', () => {
+    assert.deepEqual(FakeWebSocket.last().sent, [], "nothing is written before the 'open' listeners ran");
+    send(0, 'join');
+    send(7, 'join, second part', { qos: 0 });
+  });
+  send(1, 'queued before open()');
+  send(1, 'queued too', { qos: 0 });
+  rb.open();
+  FakeWebSocket.last().accept();
+  assert.deepEqual(sentPayloads(FakeWebSocket.last()), [
+    '"join"',
+    '"join, second part"',
+    '"queued before open()"',
+    '"queued too"',
+  ]);
+
+  // Same on a reconnect: the unanswered sends (retransmitted with DUP) and the
+  // one queued while disconnected wait for the new join.
+  FakeWebSocket.last().fail();
+  send(1, 'queued while reconnecting');
+  clock.advance(100);
+  FakeWebSocket.last().accept();
+  const ws = FakeWebSocket.last();
+  assert.deepEqual(sentPayloads(ws), ['"join"', '"join, second part"', '"join"', '"queued before open()"', '"queued while reconnecting"']);
+  assert.deepEqual(
+    ws.sent.map((bytes) => decodePacket(bytes).packet.dup),
+    [false, false, true, true, false],
+    'the first join and the first queued send were written before: DUP',
+  );
+  rb.close();
+  await Promise.all(sends); // the unanswered ones reject with CLOSED
+});
+
+test("an 'open' listener that closes the client keeps the queue off the socket", { timeout: 5000 }, async () => {
+  FakeWebSocket.instances = [];
+  const rb = new Rainbow('ws://h', fakeOptions({ clock: new FakeClock() }));
+  rb.on('error', () => {});
+  rb.on('open', () => rb.close());
+  const queued = rb.send(1, 'never written');
+  rb.open();
+  FakeWebSocket.last().accept();
+  assert.deepEqual(FakeWebSocket.last().sent, []);
+  await assert.rejects(queued, { code: 'CLOSED' });
+  assert.equal(rb.state, 'closed');
 });
