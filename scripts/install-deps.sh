@@ -13,3 +13,6 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 have node && have npm || { echo "node and npm are required for clients/js tests (Debian: apt-get install nodejs npm)" >&2; exit 1; }
 have python3 || { echo "python3 is required for clients/python tests and the demo backend" >&2; exit 1; }
 python3 -c "import venv" 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
+
+# The browser test (clients/js/browser): Chromium from apt, only when missing.
+[[ -x /usr/bin/chromium ]] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

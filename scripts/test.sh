@@ -25,12 +25,15 @@ echo "== Python SDK (pytest, against the real gateway binary)"
 cargo build -p rainbow-gateway --bins --locked
 RAINBOW_BIN="$PWD/target/debug/rainbow-server" clients/python/test.sh -q
 
-echo "== the README's run command (one round trip through gateway and quick-start backend)"
-demo_out=$(PROFILE=debug DEMO_ONESHOT=1 PORT=19841 RUST_LOG=warn scripts/demo.sh 2>&1)
+echo "== chat demo in headless Chromium (the real gateway binary, through a cuttable proxy)"
+RAINBOW_BIN="$PWD/target/debug/rainbow" clients/js/browser/test.sh
+
+echo "== the README's quick start (one round trip through gateway and the stdlib Python backend)"
+demo_out=$(PROFILE=debug DEMO_ONESHOT=1 PORT=19841 RUST_LOG=warn scripts/quickstart.sh 2>&1)
 if ! grep -q '{"echo": "{\\"hello\\": \\"rainbow\\"}"}' <<<"$demo_out"; then
-  echo "scripts/demo.sh did not complete a round trip:"; echo "$demo_out"; exit 1
+  echo "scripts/quickstart.sh did not complete a round trip:"; echo "$demo_out"; exit 1
 fi
-echo "demo round trip ok"
+echo "quick start round trip ok"
 
 echo "== benchmark smoke run (200 idle connections, 200 handshakes; figures are in docs/PERFORMANCE.md)"
 bench/smoke.sh

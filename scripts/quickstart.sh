@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The README's run command: builds the gateway, starts the quick-start backend
+# The README's quick start in one go: builds the gateway, starts the quick-start backend
 # (examples/quickstart/backend.py) and the gateway with the original
 # rainbow.ini, sends one message through them with the CLI client, then keeps
 # serving until Ctrl-C. Nothing external is needed.
-#   PROFILE=debug scripts/demo.sh      faster build
-#   DEMO_ONESHOT=1 scripts/demo.sh     exit after the round trip (used by tests)
+#   PROFILE=debug scripts/quickstart.sh      faster build
+#   DEMO_ONESHOT=1 scripts/quickstart.sh     exit after the round trip (used by tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-release}
