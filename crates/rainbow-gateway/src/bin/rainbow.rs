@@ -84,18 +84,9 @@ async fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
-/// A random token for the demo's signatures.
+/// A random token for the demo's signatures (128 bits from the OS-seeded RNG).
 fn hex_token() -> String {
-    (0..4).map(|_| format!("{:08x}", rand_u32())).collect()
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS; good enough for a demo token that
-    // never leaves this process.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish() as u32
+    format!("{:032x}", rand::random::<u128>())
 }
 
 #[derive(clap::Args)]
