@@ -4,13 +4,37 @@
 //! INI follows Python's ConfigParser as the original server used it: a
 //! `[main]` section, `key = value` or `key: value`, keys case-insensitive,
 //! full-line comments with `;` or `#`, and inline comments after whitespace
-//! (`http_port = 1984 ; optional`). TOML takes the same keys at the top level
-//! or in a `[main]` table. A file whose name ends in `.toml` is TOML; anything
-//! else is INI. Typing and validation are in the parent module.
+//! (`http_port = 1984 ; optional`). Later features have sections of their own
+//! (`[cluster]`, see [`SECTIONS`]); a key is written in its own section or in
+//! `[main]`, and a key in the wrong section is an error naming the right one.
+//! TOML takes the same keys at the top level or in tables of the same names.
+//! A file whose name ends in `.toml` is TOML; anything else is INI. Typing and
+//! validation are in the parent module.
 
 use std::path::Path;
 
-use super::{ConfigError, Origin, Settings};
+use super::{ConfigError, KEYS, Origin, SECTIONS, Settings};
+
+/// Checks that `key` may be written in `section`: its own section or `main`.
+/// Unknown keys pass here and are reported by the typed check.
+fn check_section(key: &str, section: &str) -> Result<(), String> {
+    let key = key.trim().to_ascii_lowercase();
+    match KEYS.iter().find(|k| k.name == key) {
+        Some(k) if k.section != section && section != "main" => {
+            Err(format!("`{key}` belongs in [{}], not [{section}]", k.section))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn known_section(name: &str) -> Result<(), String> {
+    if SECTIONS.contains(&name) {
+        Ok(())
+    } else {
+        let known: Vec<String> = SECTIONS.iter().map(|s| format!("[{s}]")).collect();
+        Err(format!("unknown section [{name}]; the gateway reads {}", known.join(", ")))
+    }
+}
 
 /// Reads a config file by path.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
@@ -42,19 +66,18 @@ pub fn parse_ini(text: &str, path: &str) -> Result<Settings, ConfigError> {
             let name =
                 rest.strip_suffix(']').ok_or_else(|| err(line_no, format!("unclosed section header {line:?}")))?;
             let name = name.trim().to_ascii_lowercase();
-            if name != "main" {
-                return Err(err(line_no, format!("unknown section [{name}]; the gateway reads [main]")));
-            }
+            known_section(&name).map_err(|problem| err(line_no, problem))?;
             section = Some(name);
             continue;
         }
         let Some(at) = line.find(['=', ':']) else {
             return Err(err(line_no, format!("expected `key = value`, got {line:?}")));
         };
-        if section.is_none() {
+        let Some(section) = section.as_deref() else {
             return Err(err(line_no, "key outside a section; put keys under [main]".to_string()));
-        }
+        };
         let key = line[..at].trim();
+        check_section(key, section).map_err(|problem| err(line_no, problem))?;
         let value = strip_inline_comment(line[at + 1..].trim());
         settings.set(key, value, Origin::File(path.to_string()));
     }
@@ -79,19 +102,19 @@ pub fn parse_toml(text: &str, path: &str) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
     let origin = Origin::File(path.to_string());
     for (key, value) in &table {
-        match (key.as_str(), value) {
-            ("main", toml::Value::Table(main)) => {
-                for (k, v) in main {
+        match value {
+            toml::Value::Table(table) => {
+                let problem = |problem| ConfigError::File { path: path.to_string(), problem };
+                known_section(key).map_err(problem)?;
+                for (k, v) in table {
+                    check_section(k, key).map_err(problem)?;
                     settings.set(k, &toml_scalar(path, k, v)?, origin.clone());
                 }
             }
-            (_, toml::Value::Table(_)) => {
-                return Err(ConfigError::File {
-                    path: path.to_string(),
-                    problem: format!("unknown table [{key}]; put keys at the top level or under [main]"),
-                });
+            _ => {
+                check_section(key, "main").map_err(|problem| ConfigError::File { path: path.to_string(), problem })?;
+                settings.set(key, &toml_scalar(path, key, value)?, origin.clone())
             }
-            _ => settings.set(key, &toml_scalar(path, key, value)?, origin.clone()),
         }
     }
     Ok(settings)
@@ -133,7 +156,23 @@ mod tests {
         let err = parse_ini("[main]\njunk\n", "r.ini").unwrap_err().to_string();
         assert!(err.contains("r.ini") && err.contains("line 2"), "{err}");
         let err = parse_ini("[other]\n", "r.ini").unwrap_err().to_string();
-        assert!(err.contains("[other]"), "{err}");
+        assert!(err.contains("[other]") && err.contains("[cluster]"), "{err}");
+        let err = parse_ini("[cluster]\nhttp_port = 1\n", "r.ini").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("belongs in [main]"), "{err}");
+    }
+
+    #[test]
+    fn cluster_keys_go_in_their_section_or_main() {
+        let text = "[main]\nsecurity_token = t\ncluster_name = prod\n[cluster]\nredis_url = redis://127.0.0.1:6379/0\n";
+        let c = Config::from_settings(&parse_ini(text, "r.ini").unwrap()).unwrap();
+        assert_eq!(c.cluster_name, "prod");
+        assert_eq!(c.redis_url.as_ref().map(|u| u.as_str()), Some("redis://127.0.0.1:6379/0"));
+        let flat = "[main]\nsecurity_token = t\nredis_url = redis://h/\n";
+        assert!(Config::from_settings(&parse_ini(flat, "r.ini").unwrap()).unwrap().redis_url.is_some());
+        let s = parse_toml("security_token = \"t\"\n[cluster]\nredis_url = \"redis://h:1/\"\n", "r.toml").unwrap();
+        assert!(Config::from_settings(&s).unwrap().redis_url.is_some());
+        let err = parse_toml("[cluster]\nhttp_port = 1\n", "r.toml").unwrap_err().to_string();
+        assert!(err.contains("belongs in [main]"), "{err}");
     }
 
     #[test]

@@ -24,8 +24,11 @@ use thiserror::Error;
 /// A configuration key with its default and one line of help.
 #[derive(Debug)]
 pub struct Key {
-    /// The key, as written in files (`[main]` section) and after `RAINBOW_`.
+    /// The key, as written in files and after `RAINBOW_`.
     pub name: &'static str,
+    /// The config-file section it belongs to (`main`, `cluster`, ...). A file
+    /// may also write any key under `[main]`, the original's only section.
+    pub section: &'static str,
     /// The default, as a user would write it; empty when there is none.
     pub default: &'static str,
     /// What the key controls.
@@ -33,20 +36,24 @@ pub struct Key {
 }
 
 macro_rules! keys {
-    ($($name:literal = $default:literal : $help:literal,)*) => {
+    ($([$section:literal] { $($name:literal = $default:literal : $help:literal,)* })*) => {
         /// Every configuration key the gateway understands.
-        pub const KEYS: &[Key] = &[$(Key { name: $name, default: $default, help: $help },)*];
+        pub const KEYS: &[Key] = &[$($(Key { name: $name, section: $section, default: $default, help: $help },)*)*];
     };
 }
 
+/// The config-file sections, in the order the docs list them.
+pub const SECTIONS: &[&str] = &["main", "cluster"];
+
 keys! {
+    ["main"] {
     "security_token" = "" : "Shared secret for signing hooks and checking API signatures (required).",
     "connect_url" = "" : "Connect hook URL; empty accepts every connection without asking a backend.",
     "close_url" = "" : "Close hook URL; empty skips the close hook.",
     "forward_url" = "" : "Forward hook URL; `{message_type}` is replaced by the type (appended as a path segment if absent).",
     "http_port" = "1984" : "Port for WebSocket and HTTP API. If not set and 1984 is taken, 1985..2003 are tried.",
     "bind" = "0.0.0.0" : "Address to listen on.",
-    "cluster_name" = "" : "Cluster name (used as the key prefix by the cluster layer).",
+    "cluster_name" = "" : "Cluster name: the prefix of every Redis key and channel, so several clusters can share one Redis (see [cluster]).",
     "hook_timeout" = "10s" : "Timeout of connect and close hook calls.",
     "forward_timeout" = "15s" : "Timeout of one forward hook call.",
     "forward_concurrency" = "1" : "Forwards in flight per connection; 1 keeps each connection's messages in order.",
@@ -65,6 +72,12 @@ keys! {
     "signature_window" = "10s" : "Accepted clock difference of API signatures.",
     "replay_cache_size" = "1000000" : "Signed API requests remembered for replay rejection inside the signature window.",
     "shutdown_timeout" = "10s" : "On SIGTERM/SIGINT, how long to wait for close hooks before exiting.",
+    }
+    ["cluster"] {
+    "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS) the nodes of a cluster share; empty runs this node alone.",
+    "node_ttl" = "10s" : "A node that stops heartbeating leaves the cluster (and its connections the directory) after this long; heartbeats go every third of it.",
+    "cluster_timeout" = "2s" : "How long a cluster operation waits for Redis before answering `cluster unavailable`.",
+    }
 }
 
 /// Where a setting came from, for error messages.
@@ -240,6 +253,12 @@ pub struct Config {
     pub replay_cache_size: usize,
     /// Graceful shutdown bound.
     pub shutdown_timeout: Duration,
+    /// The cluster's Redis; `None` runs this node alone.
+    pub redis_url: Option<reqwest::Url>,
+    /// How long a silent node stays in the cluster.
+    pub node_ttl: Duration,
+    /// How long a cluster operation waits for Redis.
+    pub cluster_timeout: Duration,
 }
 
 /// Reads typed values out of [`Settings`], remembering the first error.
@@ -296,6 +315,17 @@ fn parse_http_url(v: &str) -> Result<reqwest::Url, String> {
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("expected an http:// or https:// URL, got scheme {other:?}")),
+    }
+}
+
+fn parse_redis_url(v: &str) -> Result<Option<reqwest::Url>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let url = reqwest::Url::parse(v).map_err(|e| format!("not a URL ({e}); expected redis://host:port/db"))?;
+    match url.scheme() {
+        "redis" | "rediss" | "redis+unix" | "unix" => Ok(Some(url)),
+        other => Err(format!("expected a redis://, rediss:// or unix:// URL, got scheme {other:?}")),
     }
 }
 
@@ -387,6 +417,12 @@ impl Config {
             signature_window: r.duration("signature_window")?,
             replay_cache_size: r.count("replay_cache_size", 1)?,
             shutdown_timeout: r.duration("shutdown_timeout")?,
+            redis_url: r.parse("redis_url", parse_redis_url)?,
+            node_ttl: r.parse("node_ttl", |v| match parse_duration(v)? {
+                d if d >= Duration::from_secs(3) => Ok(d),
+                _ => Err(format!("must be at least 3s (heartbeats go every third of it), got {v:?}")),
+            })?,
+            cluster_timeout: r.duration("cluster_timeout")?,
         };
         Ok(config)
     }
