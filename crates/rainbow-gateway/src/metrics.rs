@@ -64,10 +64,12 @@ pub enum DisconnectReason {
     Shutdown,
     /// A socket error.
     Error,
+    /// The backend (a worker's `close` call) closed it.
+    Backend,
 }
 
 impl DisconnectReason {
-    const ALL: [DisconnectReason; 8] = [
+    const ALL: [DisconnectReason; 9] = [
         DisconnectReason::Client,
         DisconnectReason::ProtocolError,
         DisconnectReason::TooBig,
@@ -76,6 +78,7 @@ impl DisconnectReason {
         DisconnectReason::PingTimeout,
         DisconnectReason::Shutdown,
         DisconnectReason::Error,
+        DisconnectReason::Backend,
     ];
 
     /// The label value.
@@ -89,6 +92,7 @@ impl DisconnectReason {
             DisconnectReason::PingTimeout => "ping_timeout",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Error => "error",
+            DisconnectReason::Backend => "backend",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP surface on the same port as `/connect/`: the backend API (spec §8)
 //! and the operator endpoints.
 //!
-//! - [`push`]: `/send/`, `/sub/`, `/unsub/` (signed).
+//! - [`push`]: `/send/`, `/sub/`, `/unsub/` (signed), parsed and checked.
+//! - [`ops`]: what those calls do, shared with the worker endpoint.
 //! - [`info`]: `/hello/`, `/serverinfo/`, `/healthz`, `/metrics` (public) and
 //!   `/updateconfig/` (signed).
 //! - `/rainbow.js`: the browser client, embedded at build time (see `demo`).
@@ -12,6 +13,7 @@
 //! limit, a full replay cache) also use real HTTP status codes.
 
 pub mod info;
+pub mod ops;
 pub mod push;
 
 use std::sync::Arc;

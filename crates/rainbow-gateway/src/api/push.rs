@@ -1,5 +1,7 @@
-//! The backend's push API: `/send/` to a channel, and `/sub/` / `/unsub/` of a
-//! connection by identity (spec §8). All signed.
+//! The backend's push API over HTTP: `/send/` to a channel, and `/sub/` /
+//! `/unsub/` of a connection by identity (spec §8). All signed. This module
+//! parses and checks the requests; the operations themselves are in
+//! [`super::ops`].
 //!
 //! `/send/` answers, by qos:
 //! - 0: `{"status": 0}` once queued;
@@ -16,10 +18,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use rainbow_protocol::Qos;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{answer, failure, param, signed};
-use crate::hub::{Delivered, Identity, SubscribeError};
+use super::ops::{self, Answer, Message};
+use super::{failure, param, signed};
 use crate::state::Gateway;
 
 /// Longest `timeout` a `/send/` may ask for.
@@ -53,21 +54,14 @@ pub async fn send(State(gw): State<Arc<Gateway>>, request: Request) -> Response 
             return failure("params error");
         }
     };
-    match gw.hub.publish(channel, message_type, qos, call.body, timeout).await {
-        Delivered::Queued(_) => {
-            gw.metrics.api_call("send", "ok");
-            answer(json!({"status": 0}))
-        }
-        Delivered::Answered(agg) if !agg.complete && agg.answered == 0 => {
-            gw.metrics.api_call("send", "timeout");
-            failure("timeout")
-        }
-        Delivered::Answered(agg) => {
-            gw.metrics.api_call("send", "ok");
-            let data = agg.reply.map(|r| String::from_utf8_lossy(&r).into_owned()).unwrap_or_default();
-            answer(json!({"status": 0, "connections": agg.answered, "data": data}))
-        }
-    }
+    let message = Message { message_type, qos, payload: call.body, timeout };
+    reply(&gw, "send", ops::send(&gw, channel, message).await)
+}
+
+/// Counts `answer` under `endpoint` and turns it into the HTTP response.
+fn reply(gw: &Gateway, endpoint: &'static str, answer: Answer) -> Response {
+    gw.metrics.api_call(endpoint, answer.outcome);
+    super::answer(answer.body)
 }
 
 #[derive(Deserialize)]
@@ -116,44 +110,18 @@ async fn sub_call(gw: &Gateway, endpoint: &'static str, request: Request) -> Res
 
 /// `POST /sub/`, body `{"identity": I, "channel": C, "occupy": bool}`.
 pub async fn sub(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let body = match sub_call(&gw, "sub", request).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let Some(conn) = body.identity.parse::<Identity>().ok().and_then(|id| gw.hub.get(&id)) else {
-        gw.metrics.api_call("sub", "no_connection");
-        return failure("no such connection");
-    };
-    let result =
-        if body.occupy.is_set() { gw.hub.occupy(&conn, &body.channel) } else { gw.hub.subscribe(&conn, &body.channel) };
-    match result {
-        Ok(()) => {
-            gw.metrics.api_call("sub", "ok");
-            answer(json!({"status": 0}))
-        }
-        Err(SubscribeError::InvalidChannel) => {
-            gw.metrics.api_call("sub", "params_error");
-            failure("params error")
-        }
-        Err(e @ SubscribeError::TooMany(_)) => {
-            gw.metrics.api_call("sub", "limit");
-            failure(&e.to_string())
-        }
+    match sub_call(&gw, "sub", request).await {
+        Ok(body) => reply(&gw, "sub", ops::sub(&gw, &body.identity, &body.channel, body.occupy.is_set()).await),
+        Err(response) => response,
     }
 }
 
-/// `POST /unsub/`, body `{"identity": I, "channel": C}`. Unknown identities
-/// answer success, as in the original: the subscription is gone either way.
+/// `POST /unsub/`, body `{"identity": I, "channel": C}`.
 pub async fn unsub(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let body = match sub_call(&gw, "unsub", request).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    if let Some(conn) = body.identity.parse::<Identity>().ok().and_then(|id| gw.hub.get(&id)) {
-        gw.hub.unsubscribe(&conn, &body.channel);
+    match sub_call(&gw, "unsub", request).await {
+        Ok(body) => reply(&gw, "unsub", ops::unsub(&gw, &body.identity, &body.channel).await),
+        Err(response) => response,
     }
-    gw.metrics.api_call("unsub", "ok");
-    answer(json!({"status": 0}))
 }
 
 #[cfg(test)]

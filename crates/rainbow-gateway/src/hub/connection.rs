@@ -73,6 +73,10 @@ impl CloseOrder {
     /// Close 1008 "slow consumer".
     pub const SLOW_CONSUMER: CloseOrder =
         CloseOrder { code: 1008, reason: Cow::Borrowed("slow consumer"), why: DisconnectReason::SlowConsumer };
+    /// Close 1000 with `reason`, ordered by the backend.
+    pub fn normal(reason: String) -> CloseOrder {
+        CloseOrder::new(1000, reason, DisconnectReason::Backend)
+    }
     /// Close 1001 "server shutting down".
     pub const SHUTDOWN: CloseOrder =
         CloseOrder { code: 1001, reason: Cow::Borrowed("server shutting down"), why: DisconnectReason::Shutdown };

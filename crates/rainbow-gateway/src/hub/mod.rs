@@ -202,7 +202,18 @@ impl Hub {
         payload: Bytes,
         timeout: Duration,
     ) -> Delivered {
-        let receivers = self.subscribers(channel);
+        Self::deliver(self.subscribers(channel), message_type, qos, payload, timeout).await
+    }
+
+    /// Delivers a message to `receivers`, as [`Hub::publish`] does to a
+    /// channel's subscribers.
+    pub async fn deliver(
+        receivers: Vec<Arc<Connection>>,
+        message_type: u16,
+        qos: Qos,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Delivered {
         if qos == Qos::AtMostOnce {
             let frame = Packet::Send(Send { message_type, qos, id: 0, dup: false, payload }).encode();
             let queued = receivers.iter().filter(|c| c.push(Outgoing::Frame(frame.clone())).is_ok()).count();
