@@ -4,7 +4,7 @@
 //! identity, the context (cookie), the channel list, the bounded outbox of
 //! things to write to the client, the forward queue, and liveness stamps. It
 //! owns no socket: the WebSocket driver in `transport` owns that, and is woken
-//! through [`Connection::notified`] whenever the outbox changes or the
+//! through [`Connection::poll_woken`] whenever the outbox changes or the
 //! connection is told to close.
 //!
 //! Idle cost is the point of this layout: every queue is an empty `VecDeque`
@@ -13,12 +13,13 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use rainbow_protocol::{Qos, Send};
-use tokio::sync::Notify;
 
 use super::delivery::Publication;
 use super::identity::Identity;
@@ -121,7 +122,10 @@ pub struct Connection {
     channels: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
     forwards: Mutex<ForwardQueue>,
-    wake: Notify,
+    /// The driver's waker, and whether it was woken since it last looked:
+    /// one waiter only, so no waiter list (and no wait future in the driver).
+    waker: AtomicWaker,
+    woken: AtomicBool,
     /// Coarse clock second of the last frame from the client.
     last_seen: AtomicU32,
     /// Coarse clock second a ping was sent, 0 when none is outstanding.
@@ -152,7 +156,8 @@ impl Connection {
             channels: Mutex::new(Vec::new()),
             outbox: Mutex::new(Outbox::default()),
             forwards: Mutex::new(ForwardQueue::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             last_seen: AtomicU32::new(now),
             ping_sent: AtomicU32::new(0),
         }
@@ -200,12 +205,12 @@ impl Connection {
         if outbox.queue.len() >= self.capacity {
             outbox.close = Some(CloseOrder::SLOW_CONSUMER);
             drop(outbox);
-            self.wake.notify_one();
+            self.wake();
             return Err(PushError::Full);
         }
         outbox.queue.push_back(item);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
         Ok(())
     }
 
@@ -218,7 +223,7 @@ impl Connection {
         }
         outbox.queue.push_back(item);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Orders the connection closed. The first order wins.
@@ -228,12 +233,18 @@ impl Connection {
             outbox.close = Some(order);
         }
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// The pending close order, if any.
     pub fn close_order(&self) -> Option<CloseOrder> {
         lock(&self.outbox).close.clone()
+    }
+
+    /// Whether a close was ordered or the connection has finished.
+    pub fn is_closing(&self) -> bool {
+        let outbox = lock(&self.outbox);
+        outbox.close.is_some() || outbox.finished
     }
 
     /// Takes the next item to write.
@@ -258,15 +269,26 @@ impl Connection {
         std::mem::take(&mut outbox.queue)
     }
 
-    /// Resolves when the outbox changed or a close was ordered. A wake-up
-    /// sent while nobody waited is kept, so none is lost.
+    /// Ready when the outbox changed or a close was ordered since the last
+    /// time it was ready. A wake-up sent while nobody waited is kept, so none
+    /// is lost. Only the connection's driver may poll it (one waker).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// Resolves as [`Connection::poll_woken`] does.
     pub async fn notified(&self) {
-        self.wake.notified().await
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await
     }
 
     /// Wakes the driver (for example when the forward queue drained).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// The forward queue.
