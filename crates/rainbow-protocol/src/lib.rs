@@ -5,6 +5,8 @@
 //! - [`outbound`]: the sender of a SEND: id allocation, retransmission with
 //!   DUP, deadlines, the REL/COM tail.
 //! - [`inbound`]: the receiver of a SEND: the qos-2 dedup window.
+//! - [`envelope`]: header + body framing of the gateway's internal messages
+//!   (cluster nodes, workers).
 //!
 //! Nothing here touches a socket, a runtime or the clock: callers pass `now`
 //! and write the packets they are handed. The gateway and the Rust client are
@@ -12,6 +14,7 @@
 //! exercise them directly.
 #![warn(missing_docs)]
 
+pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod packet;
