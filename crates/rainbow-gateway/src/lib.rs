@@ -9,6 +9,7 @@
 //! - [`transport`]: the `/connect/` WebSocket endpoint and the per-connection
 //!   driver.
 //! - [`hub`]: connections, channels and delivery to them.
+//! - [`cluster`]: several nodes as one over Redis.
 //! - [`backend`]: the connect, forward and close hooks.
 //! - [`signature`], [`metrics`], [`state`]: shared pieces.
 //! - [`demo`]: `rainbow demo`, the chat room on an in-process backend.
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod hub;

@@ -95,6 +95,7 @@ impl Server {
         let Server { gw, listener, extra } = self;
         info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
         let sweeper = tokio::spawn(sweep(gw.clone()));
+        let cluster = tokio::spawn(crate::cluster::run(gw.clone()));
         let mut app = api::router(gw.clone());
         if let Some(extra) = extra {
             app = app.merge(extra);
@@ -109,6 +110,10 @@ impl Server {
             })
             .await;
         sweeper.abort();
+        cluster.abort();
+        if let Some(node) = gw.cluster.node() {
+            node.leave().await;
+        }
         gw.tasks.close();
         let timeout = gw.config().shutdown_timeout;
         if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::hub::{CloseOrder, Hub};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Gateway {
     reloader: Option<Reloader>,
     /// Connections and channels.
     pub hub: Hub,
+    /// The cluster (empty when this node runs alone).
+    pub cluster: Cluster,
     /// Hook client.
     pub backend: Backend,
     /// Metrics.
@@ -54,8 +57,16 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// State for `config`; `reloader` serves `/updateconfig/`.
     pub fn new(config: Config, reloader: Option<Reloader>) -> Gateway {
+        let hub = Hub::new(config.max_channels_per_connection);
+        let cluster = Cluster::from_config(&config, hub.node_tag()).unwrap_or_else(|e| {
+            // The URL was validated with the config; if redis-rs still refuses
+            // it, run alone and say so loudly rather than not start.
+            tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
+            Cluster::alone()
+        });
         Gateway {
-            hub: Hub::new(config.max_channels_per_connection),
+            hub,
+            cluster,
             backend: Backend::new(config.max_inflight_forwards),
             metrics: Metrics::new(),
             verifier: Verifier::new(config.signature_window, config.replay_cache_size),
@@ -93,6 +104,9 @@ impl Gateway {
         }
         if new.max_channels_per_connection != old.max_channels_per_connection {
             restart.push("max_channels_per_connection");
+        }
+        if new.redis_url != old.redis_url || new.cluster_name != old.cluster_name {
+            restart.push("redis_url/cluster_name");
         }
         if new.signature_window != old.signature_window || new.replay_cache_size != old.replay_cache_size {
             restart.push("signature_window/replay_cache_size");

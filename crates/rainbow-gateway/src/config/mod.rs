@@ -74,7 +74,7 @@ keys! {
     "shutdown_timeout" = "10s" : "On SIGTERM/SIGINT, how long to wait for close hooks before exiting.",
     }
     ["cluster"] {
-    "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS) the nodes of a cluster share; empty runs this node alone.",
+    "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]` or `unix:///path`) the nodes of a cluster share; empty runs this node alone.",
     "node_ttl" = "10s" : "A node that stops heartbeating leaves the cluster (and its connections the directory) after this long; heartbeats go every third of it.",
     "cluster_timeout" = "2s" : "How long a cluster operation waits for Redis before answering `cluster unavailable`.",
     }
@@ -324,9 +324,14 @@ fn parse_redis_url(v: &str) -> Result<Option<reqwest::Url>, String> {
     }
     let url = reqwest::Url::parse(v).map_err(|e| format!("not a URL ({e}); expected redis://host:port/db"))?;
     match url.scheme() {
-        "redis" | "rediss" | "redis+unix" | "unix" => Ok(Some(url)),
-        other => Err(format!("expected a redis://, rediss:// or unix:// URL, got scheme {other:?}")),
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => return Err("TLS to Redis (rediss://) is not built in; use redis:// or a local TLS tunnel".into()),
+        other => return Err(format!("expected a redis:// or unix:// URL, got scheme {other:?}")),
     }
+    // Checked by redis-rs itself (without echoing the URL, which may hold a password).
+    redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| format!("redis-rs cannot use this URL ({:?})", e.kind()))?;
+    Ok(Some(url))
 }
 
 /// Parses `15`, `1.5`, `15s`, `500ms` or `2m` into a duration (bare numbers

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::ConnectDecision;
 use crate::config::Config;
-use crate::hub::{Connection, Identity, coarse_now};
+use crate::hub::{Connection, coarse_now};
 use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
 
@@ -133,7 +133,7 @@ pub async fn connect(
         warn!(%peer, max = config.max_connections, "connection refused: gateway at max_connections");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is at its connection limit; retry later\n");
     };
-    let identity = Identity::random();
+    let identity = gw.hub.mint_identity();
     let control = match gw.backend.connect(&config, &gw.metrics, identity, &query, headers).await {
         ConnectDecision::Accept(control) => control,
         ConnectDecision::Deny => {
@@ -151,6 +151,7 @@ pub async fn connect(
     let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
     let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
     driver::register(&gw, &conn, &control);
+    crate::cluster::subscribe_now(&gw, &control.subscribe).await;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let ws_config = websocket_config(&config);
     let task_gw = gw.clone();

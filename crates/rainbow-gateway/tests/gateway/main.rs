@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cluster;
 mod connect;
 mod demo;
 mod forward;
