@@ -315,14 +315,15 @@ async fn redis_down_keeps_local_delivery_and_the_cluster_recovers_by_itself() {
     // Redis comes back (empty: no persistence): nodes rejoin and resubscribe.
     redis.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let answer = nodes[0].api("/send/", &[("channel", "room"), ("qos", "1"), ("timeout", "2")], "m").await;
-        if answer == json!({"status": 0, "connections": 2, "data": "a"}) {
-            break;
+    for node in &nodes {
+        while node.metric("rainbow_cluster_up ").await != Some(1.0) {
+            assert!(tokio::time::Instant::now() < deadline, "node on port {} did not reconnect", node.port);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "cluster did not recover: {answer}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Reconnected means resubscribed: the first publish reaches both nodes.
+    let answer = nodes[0].api("/send/", &[("channel", "room"), ("qos", "1"), ("timeout", "2")], "m").await;
+    assert_eq!(answer, json!({"status": 0, "connections": 2, "data": "a"}));
     let answer = nodes[2].api("/sub/", &[], json!({"identity": b, "channel": "y"}).to_string()).await;
     assert_eq!(answer, json!({"status": 0}));
     assert_eq!(nodes[1].nodes().await.len(), 3);
