@@ -21,6 +21,7 @@ use crate::engine::Behaviour;
 use crate::fleet::split;
 use crate::latency;
 
+use crate::procfs;
 use crate::progress::Bars;
 use crate::report::{self, Latency, round1, round3};
 use crate::runs::{gateway_cpu, gateway_memory, load_spec_for, open_all, own_figures, start};
@@ -90,6 +91,8 @@ pub struct ChurnResult {
     pub connections_dropped: u64,
     /// Gateway CPU seconds during the churn.
     pub gateway_cpu_seconds: f64,
+    /// Non-idle CPU seconds of the whole machine during the churn (every process).
+    pub machine_cpu_seconds: f64,
     /// The bench's own RSS (all its processes) at the end, KiB.
     pub bench_rss_kib: u64,
     /// The bench's own CPU seconds (all its processes).
@@ -124,6 +127,7 @@ pub async fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     let opened = open_all(&mut fleet, bars, "connecting", args.load.connections).await?;
     let rss_start = gateway_memory(args.pid)?.rss_kib;
     let cpu0 = gateway_cpu(args.pid)?;
+    let machine0 = procfs::machine_cpu_seconds().unwrap_or(0.0);
 
     let bar = bars.seconds("churning", duration.as_secs());
     let churn_start = Instant::now();
@@ -154,6 +158,7 @@ pub async fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     }
     bar.finish();
     let cpu1 = gateway_cpu(args.pid)?;
+    let machine1 = procfs::machine_cpu_seconds().unwrap_or(0.0);
     let stats = fleet.stats();
     let finished = fleet.release().await?;
     let finish = report::merge_finished(&finished);
@@ -207,6 +212,7 @@ pub async fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
         reopen_latency,
         connections_dropped: finish.dropped,
         gateway_cpu_seconds: round3(cpu1 - cpu0),
+        machine_cpu_seconds: round3(machine1 - machine0),
         bench_rss_kib,
         bench_cpu_seconds: round3(bench_cpu_seconds),
         samples,

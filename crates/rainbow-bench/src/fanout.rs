@@ -163,12 +163,24 @@ impl Peer {
 }
 
 /// The publisher's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Published {
     accepted: AtomicU64,
     failed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
-    call_latency: Recorder,
+    /// Publish call latency per step.
+    call_latency: Vec<Recorder>,
+}
+
+impl Default for Published {
+    fn default() -> Published {
+        Published {
+            accepted: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            errors: Mutex::default(),
+            call_latency: (0..MAX_STEPS).map(|_| Recorder::new()).collect(),
+        }
+    }
 }
 
 /// Publishes with at most `size` calls in flight, one keep-alive connection each.
@@ -217,7 +229,9 @@ impl Publisher {
             let headers = [("content-type", call.content_type)];
             let result =
                 tokio::time::timeout(timeout, client.request(Method::POST, &call.path, &headers, call.body)).await;
-            counts.call_latency.record_duration(started.elapsed());
+            if let Some(r) = counts.call_latency.get(step as usize) {
+                r.record_duration(started.elapsed());
+            }
             let failure = match result {
                 Ok(Ok(answer)) if peer.accepted(&answer) => None,
                 Ok(Ok(answer)) => {
@@ -300,6 +314,9 @@ pub struct StepResult {
     pub server_cpu_seconds: Option<f64>,
     /// CPU seconds of the bench's processes during the step and its drain.
     pub bench_cpu_seconds: f64,
+    /// Non-idle CPU seconds of the whole machine during the step and its
+    /// drain; minus the server's and the bench's, what other work used.
+    pub machine_cpu_seconds: f64,
 }
 
 /// The result of `rainbow-bench fanout`.
@@ -501,6 +518,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         let subscribers = p.ok.saturating_sub(p.dropped);
         let (accepted0, failed0) = (publisher.accepted(), publisher.failed());
         let (server0, bench0) = (cpu_of(&args.pid), bench_cpu(&fleet));
+        let machine0 = procfs::machine_cpu_seconds().unwrap_or(0.0);
         let count = (rate * duration.as_secs_f64()).ceil().max(1.0) as u64;
         let first_us = stamp::now_us();
         let step_start = Instant::now();
@@ -573,6 +591,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
             lag_reasons: reasons,
             server_cpu_seconds: server_cpu,
             bench_cpu_seconds: round3(bench_cpu(&fleet) - bench0),
+            machine_cpu_seconds: round3(procfs::machine_cpu_seconds().unwrap_or(0.0) - machine0),
         };
         bars.note(&format!(
             "step {k}: offered {:.0} deliveries/s, achieved {:.0}, {} of {} delivered{}",
@@ -607,10 +626,10 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
             finished.iter().filter_map(|f| f.histograms.get(&name)).map(Vec::as_slice).collect();
         step.latency = latency::summarise(parts)?.0;
     }
-    // Publish call latency over the whole run (the publisher's histogram is not per step).
-    let call = latency::summarise([publisher.counts.call_latency.pairs().as_slice()])?.0;
     for step in &mut steps {
-        step.publish_call_latency = call;
+        if let Some(r) = publisher.counts.call_latency.get(step.step) {
+            step.publish_call_latency = latency::summarise([r.pairs().as_slice()])?.0;
+        }
     }
     let headline = if args.find_saturation {
         steps.iter().max_by(|a, b| a.achieved_deliveries_per_sec.total_cmp(&b.achieved_deliveries_per_sec))

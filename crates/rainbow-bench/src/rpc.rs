@@ -60,6 +60,8 @@ pub struct RpcLeg {
     pub backend_cpu_seconds: Option<f64>,
     /// The bench's own CPU seconds during the run.
     pub bench_cpu_seconds: f64,
+    /// Non-idle CPU seconds of the whole machine during the run (every process).
+    pub machine_cpu_seconds: f64,
 }
 
 /// The result of `rainbow-bench rpc`.
@@ -116,6 +118,7 @@ fn leg(concurrency: usize, round_trips: u64, failed: u64, window_secs: f64, late
         gateway_cpu_seconds: None,
         backend_cpu_seconds: None,
         bench_cpu_seconds: 0.0,
+        machine_cpu_seconds: 0.0,
     }
 }
 
@@ -125,6 +128,7 @@ async fn through_gateway(args: &RpcArgs, plan: RpcPlan, bars: Bars) -> anyhow::R
     let (spec, per_process) = load_spec_for(&load, &load.url, Behaviour::Rpc(plan.clone())).await?;
     let (gw0, be0) = (cpu(args.pid), cpu(args.backend_pid));
     let bench0 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0);
+    let machine0 = procfs::machine_cpu_seconds().unwrap_or(0.0);
     let shares = split(load.connections, 0.0, per_process);
     let mut fleet = start(&spec, &shares)?;
     let opened = open_all(&mut fleet, bars, "connecting", load.connections).await?;
@@ -150,6 +154,7 @@ async fn through_gateway(args: &RpcArgs, plan: RpcPlan, bars: Bars) -> anyhow::R
     let (gw1, be1) = (cpu(args.pid), cpu(args.backend_pid));
     let workers_cpu: f64 = fleet.worker_pids().iter().map(|&p| procfs::cpu_seconds(Proc::Pid(p)).unwrap_or(0.0)).sum();
     let bench1 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0) + workers_cpu;
+    let machine1 = procfs::machine_cpu_seconds().unwrap_or(0.0);
     let finished = fleet.release().await?;
     let finish = report::merge_finished(&finished);
     let (bench_rss, _, _) = own_figures(&fleet, &finish);
@@ -161,6 +166,7 @@ async fn through_gateway(args: &RpcArgs, plan: RpcPlan, bars: Bars) -> anyhow::R
     result.gateway_cpu_seconds = delta(gw0, gw1);
     result.backend_cpu_seconds = delta(be0, be1);
     result.bench_cpu_seconds = round3(bench1 - bench0);
+    result.machine_cpu_seconds = round3(machine1 - machine0);
     Ok((result, opened.failed, finish.dropped, bench_rss))
 }
 
@@ -189,6 +195,7 @@ async fn direct(args: &RpcArgs, url: &str, plan: &RpcPlan, bars: Bars) -> anyhow
         clients.push(c);
     }
     let (be0, bench0) = (cpu(args.backend_pid), procfs::cpu_seconds(Proc::Current).unwrap_or(0.0));
+    let machine0 = procfs::machine_cpu_seconds().unwrap_or(0.0);
     let mut tasks = tokio::task::JoinSet::new();
     for mut client in clients {
         let (url, path, identity, payload) = (target.clone(), path.clone(), identity.clone(), payload.clone());
@@ -238,6 +245,7 @@ async fn direct(args: &RpcArgs, url: &str, plan: &RpcPlan, bars: Bars) -> anyhow
     let window_secs = window_start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let (be1, bench1) = (cpu(args.backend_pid), procfs::cpu_seconds(Proc::Current).unwrap_or(0.0));
+    let machine1 = procfs::machine_cpu_seconds().unwrap_or(0.0);
     bar.finish();
     // Clients finish their last request (bounded by the timeout).
     let _ = tokio::time::timeout(plan.timeout + Duration::from_secs(1), async {
@@ -250,6 +258,7 @@ async fn direct(args: &RpcArgs, url: &str, plan: &RpcPlan, bars: Bars) -> anyhow
         leg(concurrency, window_count.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), window_secs, latency);
     result.backend_cpu_seconds = delta(be0, be1);
     result.bench_cpu_seconds = round3(bench1 - bench0);
+    result.machine_cpu_seconds = round3(machine1 - machine0);
     Ok(result)
 }
 
