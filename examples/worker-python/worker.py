@@ -53,10 +53,12 @@ def _text(request: MessageRequest, limit: int) -> Optional[str]:
 
 
 def _name(request: Any) -> Optional[str]:
+    """The name kept in the connection's context by type 0, if any."""
     try:
-        return request.context_data().get("user")
+        name = request.context_data().get("user")
     except ValueError:
         return None
+    return name if isinstance(name, str) else None
 
 
 @app.connect

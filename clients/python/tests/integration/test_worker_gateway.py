@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -132,6 +133,21 @@ def test_connect_accept_with_context_and_deny_401(gateway: Gateway, tmp_path: Pa
     assert query(db, "SELECT context FROM closes WHERE identity = ?", identity) == [(reply["context"],)]
 
 
+def test_handler_errors_fail_the_hook(gateway: Gateway, tmp_path: Path, programs: List[WorkerProgram]) -> None:
+    program = launch(gateway, tmp_path, programs)
+    with pytest.raises(rainbow.ConnectionRefused) as refused:
+        Client(gateway.ws_url, params={"token": "boom"}, reconnect=False)
+    assert refused.value.status == 503
+    with Client(gateway.ws_url, retransmit_interval=1.0) as client:
+        for msg_type in (6, 99):  # a handler that raises; a type without handler
+            with pytest.raises(rainbow.TimeoutError):
+                client.send(msg_type, {}, qos=1, timeout=2)
+        assert client.send(1, "still fine", qos=2, timeout=10)[1]["echo"] == "still fine"
+    log = program.log_text()
+    assert "RuntimeError: broken handler" in log and "Traceback" in log
+    assert log.count("no handler for message type 99") == 1, "logged once per type"
+
+
 def test_reply_controls_context_sub_unsub(gateway: Gateway, tmp_path: Path, programs: List[WorkerProgram]) -> None:
     launch(gateway, tmp_path, programs)
     room = channel()
@@ -197,6 +213,74 @@ def test_api_from_outside_handlers(gateway: Gateway, tmp_path: Path, programs: L
             wait_until(lambda: query(db, "SELECT 1 FROM closes WHERE identity = ?", identity), 10, "the close task")
 
 
+def test_credits_window_and_concurrency(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+    app = Worker(f"{gateway.ws_url}/worker/", token=TOKEN, credits=2, name="window")
+
+    @app.route(1)
+    def slow(request: Any) -> Any:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        return request.json()
+
+    with caplog.at_level(logging.WARNING, "rainbow.worker"), app:
+        clients = [Client(gateway.ws_url) for _ in range(6)]
+        try:
+            results: List[Any] = []
+            threads = [
+                threading.Thread(target=lambda c=c, i=i: results.append(c.send(1, i, qos=1, timeout=20)[1]))
+                for i, c in enumerate(clients)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(results) == list(range(6))
+        finally:
+            for c in clients:
+                c.close()
+    assert state["peak"] == 2
+    assert not [r for r in caplog.records if "credit window" in r.getMessage()], "the gateway kept to the window"
+
+
+def test_a_protocol_error_is_named_and_the_worker_reconnects(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    app = Worker(f"{gateway.ws_url}/worker/", token=TOKEN, credits=1, name="clumsy", backoff=(0.1, 0.5))
+    with caplog.at_level(logging.INFO, "rainbow.worker"), app:
+        with pytest.raises(rainbow.ConnectionLost):
+            app._call("dance", {})  # not an op: the gateway closes with 1002 naming it
+        wait_until(lambda: app.attached, 10, "reattached")
+        assert app.sub("0" * 64, "c")["msg"] == "no such connection"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("protocol error: 1002" in m and "dance" in m for m in errors), errors
+
+
+def test_workers_reattach_when_the_gateway_comes_back(
+    worker_binary: Path, tmp_path: Path, programs: List[WorkerProgram]
+) -> None:
+    first = start_worker_gateway(worker_binary, tmp_path / "gateway")
+    try:
+        program = launch(first, tmp_path, programs, workers=2)
+        with Client(first.ws_url, reconnect=False) as client:
+            assert client.send(1, "before", qos=1, timeout=10)[1]["echo"] == "before"
+    finally:
+        first.stop()
+    time.sleep(1.0)  # the workers retry with backoff meanwhile
+    second = start_worker_gateway(worker_binary, tmp_path / "gateway", port=first.port)
+    try:
+        wait_until(lambda: program.attached_lines() >= 4, 20, "both workers reattached", program.tail)
+        with Client(second.ws_url) as client:
+            assert client.send(1, "after", qos=2, timeout=10)[1]["echo"] == "after"
+        assert "lost the connection" in program.log_text()
+        assert program.process.poll() is None
+    finally:
+        second.stop()
+
+
 # --------------------------------------------------------------------------- crashes and restarts
 
 
@@ -258,6 +342,13 @@ def check_effects(db: str, senders: List[Sender]) -> None:
                 assert counts.get(seq, 0) >= 1, f"qos-1 seq {seq}: no effect"
 
 
+def last_run(db: str) -> int:
+    try:
+        return int(query(db, "SELECT COALESCE(MAX(rowid), 0) FROM runs")[0][0])
+    except sqlite3.OperationalError:
+        return 0
+
+
 def run_count(db: str) -> int:
     try:
         return int(query(db, "SELECT COUNT(*) FROM runs")[0][0])
@@ -275,10 +366,16 @@ def test_sigkill_mid_task_redelivers_and_effects_happen_once(
     # Kill the worker twice mid-task: once before the handler's commit (0.1 s
     # into its 0.6 s), once after it (0.45 s in), each time in a fresh task.
     for delay in (0.1, 0.45):
-        before = run_count(db)
-        wait_until(lambda: run_count(db) > before, 20, "a task to start", program.tail)
+        seen = last_run(db)
+        fresh: List[Tuple[Any, ...]] = []
+        wait_until(
+            lambda: fresh.extend(query(db, "SELECT pid FROM runs WHERE rowid > ? AND attempt = 1", seen)) or fresh,
+            20,
+            "a first delivery to start",
+            program.tail,
+        )
         time.sleep(delay)
-        (pid,) = query(db, "SELECT pid FROM runs ORDER BY rowid DESC LIMIT 1")[0]
+        pid = fresh[0][0]
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: pid not in program.children(), 10, "the killed worker gone")
         wait_until(lambda: len(program.children()) == 1, 20, "the worker restarted", program.tail)
@@ -293,6 +390,25 @@ def test_sigkill_mid_task_redelivers_and_effects_happen_once(
     )
     assert after_commit, "a redelivery of an already applied effect was seen and skipped"
     assert program.process.poll() is None
+
+
+def test_whole_program_killed_and_started_again(gateway: Gateway, tmp_path: Path, programs: List[WorkerProgram]) -> None:
+    """SIGKILL of the supervisor and its workers at once; a new program takes over the queue."""
+    db = effects_db(tmp_path)
+    args = ("--effects", db, "--slow", "0.4")
+    program = launch(gateway, tmp_path, programs, *args)
+    sender = Sender(gateway, 8, "restarted", base=5000)
+    sender.start()
+    wait_until(lambda: run_count(db) >= 3, 20, "traffic", program.tail)
+    seen = last_run(db)
+    wait_until(lambda: last_run(db) > seen, 20, "a task to start", program.tail)
+    time.sleep(0.1)  # mid-task
+    program.kill_all()
+    time.sleep(0.5)  # nobody attached: the gateway queues the tasks
+    launch(gateway, tmp_path, programs, *args)
+    sender.check(120)
+    check_effects(db, [sender])
+    assert query(db, "SELECT COUNT(*) FROM runs WHERE attempt > 1")[0][0] >= 1
 
 
 def test_sighup_restarts_gracefully_and_loses_nothing(

@@ -4,7 +4,7 @@
 
 Handlers (what the tests check):
 
-- connect: ``params.token == "bad"`` → deny (401); otherwise accept with
+- connect: ``params.token == "bad"`` → deny (401), ``"boom"`` → raises (503); otherwise accept with
   context ``{"user": params.user}`` and ``sub`` = ``params.sub`` (if given).
 - type 1, echo: replies ``{"echo": <payload JSON>, "pid": ..., "attempt": ..., "context": ...}``.
 - type 2, effect: the idempotent-by-key pattern. In one SQLite transaction it
@@ -17,6 +17,7 @@ Handlers (what the tests check):
 - type 4, push: ``app.push(payload.data, channel=payload.channel, msg_type=payload.type, qos=1)``;
   replies the API answer.
 - type 5, push-to-self then reply.
+- type 6 raises; ``params.token == "boom"`` makes the connect handler raise.
 - close: recorded in ``closes`` when ``--effects`` is given.
 """
 
@@ -73,6 +74,8 @@ def db() -> sqlite3.Connection:
 def on_connect(request: ConnectRequest) -> Any:
     if request.params.get("token") == "bad":
         return request.deny()
+    if request.params.get("token") == "boom":
+        raise RuntimeError("connect handler failed")
     sub = request.params.get("sub")
     return request.accept(context={"user": request.params.get("user", "")}, sub=[sub] if sub else None)
 
@@ -135,6 +138,11 @@ def push(request: MessageRequest) -> Dict[str, Any]:
 @app.route(5)
 def push_self(request: MessageRequest) -> Dict[str, Any]:
     return request.push({"to": "you"}, msg_type=7, qos=1)
+
+
+@app.route(6)
+def broken(request: MessageRequest) -> None:
+    raise RuntimeError(f"broken handler, attempt {request.attempt}")
 
 
 @app.close

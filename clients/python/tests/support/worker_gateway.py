@@ -30,6 +30,7 @@ def start_worker_gateway(
     token: str = TOKEN,
     workers: Optional[Dict[str, str]] = None,
     main: Optional[Dict[str, str]] = None,
+    port: Optional[int] = None,
 ) -> Gateway:
     """Starts the gateway with every event routed to workers (``worker_route =
     workers``) unless ``workers`` says otherwise; ``main`` adds ``[main]`` keys.
@@ -43,6 +44,8 @@ def start_worker_gateway(
         "forward_url": f"{dead}/message/{{message_type}}/",
         "forward_timeout": "10s",
         "hook_timeout": "10s",
+        # close tasks left without a worker at the end of a test must not hold the gateway's exit
+        "shutdown_timeout": "2s",
     }
     main_keys.update(main or {})
     worker_keys = {"worker_route": "workers", "worker_queue_timeout": "10s"}
@@ -52,7 +55,7 @@ def start_worker_gateway(
     if worker_keys:
         text += "\n[workers]\n" + "".join(f"{k} = {v}\n" for k, v in worker_keys.items())
     ini.write_text(text)
-    return _launch(binary, workdir, ini, token)
+    return _launch(binary, workdir, ini, token, port)
 
 
 def start_plain_gateway(binary: Path, workdir: Path, token: str = TOKEN) -> Gateway:
@@ -63,10 +66,10 @@ def start_plain_gateway(binary: Path, workdir: Path, token: str = TOKEN) -> Gate
     return _launch(binary, workdir, ini, token)
 
 
-def _launch(binary: Path, workdir: Path, ini: Path, token: str) -> Gateway:
-    port = free_port()
+def _launch(binary: Path, workdir: Path, ini: Path, token: str, port: Optional[int] = None) -> Gateway:
+    port = port or free_port()
     log = workdir / "gateway.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAINBOW_")}
         env.setdefault("RUST_LOG", "info")
         process = subprocess.Popen(

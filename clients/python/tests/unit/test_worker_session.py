@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,7 +17,7 @@ import rainbow
 from rainbow.backend import verify_signature
 from rainbow.worker import EndpointMissing, MessageRequest, SignatureRefused, Worker
 from rainbow.worker import app as app_module
-from support.worker_peer import WorkerPeer, answer_ok
+from support.worker_peer import WorkerPeer
 
 TOKEN = "qwe123"
 

@@ -28,10 +28,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .._payload import encode_payload
 from ..backend.signature import sign
-from ..errors import ConnectionLost, ConnectionRefused, TimeoutError
+from ..errors import ConnectionLost, TimeoutError
 from .dedup import DedupStore
 from .errors import Deny, EndpointMissing, HandshakeRefused, SignatureRefused, WorkerProtocolError
-from .frame import VERSION, FrameError, decode_frame, encode_frame
+from .frame import VERSION, decode_frame, encode_frame
 from .requests import REQUEST_CLASSES, ConnectRequest, MessageRequest, Reply, Request
 
 __all__ = ["Worker", "worker_url", "MAX_CALLS", "MAX_CREDITS"]
@@ -91,7 +91,8 @@ class _Conn:
         self.node = welcome.get("node")
         self.worker_id = welcome.get("worker")
         self.calls: Dict[int, "asyncio.Future[Dict[str, Any]]"] = {}
-        self.running = 0  # tasks of this connection being handled
+        self.running = 0  # tasks of this connection being handled (threads busy)
+        self.unanswered = 0  # tasks of this connection not answered yet (the gateway's count)
         self.window = 0  # the credit window the gateway was last told
         self.credit_pending = False
         self.draining = False
@@ -348,12 +349,13 @@ class _Runtime:
         if header.get("task") is None:
             raise WorkerProtocolError("a task frame without a task id")
         conn.running += 1
+        conn.unanswered += 1
         self.busy += 1
-        if conn.running > conn.window and not conn.over_window_warned:
+        if conn.unanswered > conn.window and not conn.over_window_warned:
             conn.over_window_warned = True
             log.warning(
                 "the gateway sent %d unanswered tasks with a credit window of %d; extra tasks wait for a thread",
-                conn.running,
+                conn.unanswered,
                 conn.window,
             )
         try:
@@ -380,11 +382,16 @@ class _Runtime:
             log.info("task %r: not answered, its connection ended (the gateway delivers it again)", task)
             return
         assert self.loop is not None
-        future = asyncio.run_coroutine_threadsafe(conn.send(reply.header(task), reply.body), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._write_reply(conn, task, reply), self.loop)
         try:
             future.result(self.app.call_timeout)
         except Exception as exc:  # noqa: BLE001
             log.info("task %r: reply not sent (%s); the gateway delivers it again", task, exc or type(exc).__name__)
+
+    async def _write_reply(self, conn: _Conn, task: Any, reply: Reply) -> None:
+        # Counted before the frame is written: the gateway's next task can only come after it.
+        conn.unanswered -= 1
+        await conn.send(reply.header(task), reply.body)
 
     def _task_done(self, conn: _Conn) -> None:
         conn.running -= 1
