@@ -414,3 +414,32 @@ def test_worker_validation() -> None:
     with pytest.raises(ValueError):
         Worker("ftp://x/", token="t")
     Worker(URL, token="t", credits=0)
+
+
+def test_same_key_runs_one_at_a_time_and_a_redelivery_waits_for_the_first() -> None:
+    app = make_app(dedup=MemoryDedup())
+    started = threading.Event()
+    release = threading.Event()
+    runs: List[int] = []
+
+    @app.route(1)
+    def slow(request: MessageRequest) -> int:
+        runs.append(request.attempt)
+        started.set()
+        release.wait(5)
+        return len(runs)
+
+    first: List[Reply] = []
+    again: List[Reply] = []
+    t1 = threading.Thread(target=app._dispatch, args=(task(key="same"), b"", first.append))
+    t1.start()
+    assert started.wait(5)
+    t2 = threading.Thread(target=app._dispatch, args=(task(key="same", attempt=2), b"", again.append))
+    t2.start()
+    time.sleep(0.2)
+    assert not again, "the redelivery waits while the first delivery runs"
+    release.set()
+    t1.join(5)
+    t2.join(5)
+    assert runs == [1] and first[0].body == b"1" and again == first
+    assert app._keys == {}

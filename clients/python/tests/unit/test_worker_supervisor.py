@@ -150,3 +150,30 @@ def test_a_new_generation_that_cannot_attach_leaves_the_old_one_serving(
     assert len(live(peer)) >= 1
     app.proc.send_signal(signal.SIGTERM)
     assert app.proc.wait(20) == 0, app.tail()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_serve_drains_on_term_hup_int(peer: WorkerPeer, tmp_path: Path, sig: int) -> None:
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO);"
+        "from rainbow.worker import Worker;"
+        f"app = Worker({peer.url!r}, token={TOKEN!r}, credits=1);"
+        "app.route(1)(lambda r: 'ok');"
+        "app.serve(); print('served', flush=True)"
+    )
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(peer.conns) == 1, what="serve() attached")
+        conn = peer.conns[0]
+        proc.send_signal(sig)
+        peer.next(conn, "drain", timeout=10)
+        assert proc.wait(15) == 0
+        peer.wait_closed(conn)
+        assert conn.close_code == 1000
+        assert "served" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

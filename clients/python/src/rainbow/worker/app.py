@@ -209,8 +209,11 @@ class _Runtime:
         self.request_stop(drain=True)
 
     def _on_hup(self) -> None:
+        # Under Worker.run() the supervisor handles HUP (new workers attach
+        # before the old ones drain); a HUP sent to the whole process group
+        # must not make every worker drain at once. Alone, HUP drains like TERM.
         if self.parent_pid is None:
-            log.info("worker pid %d: SIGHUP ignored (graceful restarts need Worker.run())", os.getpid())
+            self._on_stop_signal(signal.SIGHUP)
 
     async def _watch_parent(self) -> None:
         while not self.stopping:
@@ -611,6 +614,7 @@ class Worker:
         self._on_connect: Optional[Handler] = None
         self._on_close: Optional[Handler] = None
         self._missing_logged: Set[int] = set()
+        self._keys: Dict[str, threading.Event] = {}  # keys of tasks being handled in this process
         self._lock = threading.Lock()
         self._rt: Optional[_Runtime] = None
         self._thread: Optional[threading.Thread] = None
@@ -674,6 +678,7 @@ class Worker:
             send(reply)
 
         request: Request = cls(self, header, body, deliver)
+        mine = self._claim_key(request.key)
         try:
             if store is not None and request.attempt > 1 and request.key:
                 try:
@@ -697,6 +702,25 @@ class Worker:
         finally:
             if not request.replied:  # a BaseException escaped the handler
                 request._finish(Reply(error="the handler did not complete"))
+            if mine is not None:
+                with self._lock:
+                    self._keys.pop(request.key, None)
+                mine.set()
+
+    def _claim_key(self, key: str) -> Optional[threading.Event]:
+        """Runs tasks with the same key one at a time in this process: a task
+        redelivered while its first delivery still runs here (the connection
+        dropped, the handler did not) waits for it, then finds its reply in
+        the dedup store."""
+        if not key:
+            return None
+        while True:
+            with self._lock:
+                running = self._keys.get(key)
+                if running is None:
+                    mine = self._keys[key] = threading.Event()
+                    return mine
+            running.wait()
 
     def _run_handler(self, request: Request) -> None:
         handler: Optional[Handler]
@@ -801,8 +825,8 @@ class Worker:
         self.stop()
 
     def serve(self) -> None:
-        """Runs this process as one worker until SIGTERM or SIGINT, then drains
-        and returns. Connections lost are re-established with backoff."""
+        """Runs this process as one worker until SIGTERM, SIGINT or SIGHUP, then
+        drains and returns. Connections lost are re-established with backoff."""
         self._serve()
 
     def _serve(self, ready_fd: Optional[int] = None, parent_pid: Optional[int] = None) -> None:
