@@ -10,6 +10,8 @@
 //!   driver.
 //! - [`hub`]: connections, channels and delivery to them.
 //! - [`backend`]: the connect, forward and close hooks.
+//! - [`worker`]: workers that attach over a WebSocket and pull tasks (routed
+//!   instead of the hooks by the `[workers]` keys).
 //! - [`signature`], [`metrics`], [`state`]: shared pieces.
 //! - [`demo`]: `rainbow demo`, the chat room on an in-process backend.
 //!
@@ -27,6 +29,7 @@ pub mod server;
 pub mod signature;
 pub mod state;
 pub mod transport;
+pub mod worker;
 
 pub use config::{Config, ConfigError, Settings};
 pub use server::{Server, ServerError};

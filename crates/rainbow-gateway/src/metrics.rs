@@ -128,6 +128,8 @@ pub struct Metrics {
     pub retransmits: Counter,
     /// Forwards waiting for a global forward slot.
     pub forwards_waiting: Gauge,
+    /// The worker pool's metrics (`rainbow_worker*`).
+    pub workers: crate::worker::WorkerMetrics,
 }
 
 fn hook_histogram() -> Histogram {
@@ -162,6 +164,7 @@ impl Metrics {
             duplicates: Counter::default(),
             retransmits: Counter::default(),
             forwards_waiting: Gauge::default(),
+            workers: Default::default(),
             registry: Registry::default(),
         };
         // Known label values start at 0 rather than absent, so rate() and
@@ -189,6 +192,7 @@ impl Metrics {
         registry.register("qos2_duplicates", "qos-2 duplicates not processed again", m.duplicates.clone());
         registry.register("retransmits", "DUP retransmissions to clients", m.retransmits.clone());
         registry.register("forwards_waiting", "Forwards waiting for a global slot", m.forwards_waiting.clone());
+        m.workers.register(&mut registry);
         Metrics { registry, ..m }
     }
 

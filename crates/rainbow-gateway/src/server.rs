@@ -114,6 +114,7 @@ impl Server {
         if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
             warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
         }
+        gw.workers.shutdown();
         info!("stopped");
         served.map_err(ServerError::Serve)
     }

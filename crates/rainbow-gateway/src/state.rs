@@ -34,6 +34,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// API signature checks.
     pub verifier: Verifier,
+    /// Attached workers and the task queue.
+    pub workers: crate::worker::Pool,
     /// Gateway-wide forward slots (`max_inflight_forwards`).
     pub forward_slots: Semaphore,
     /// Connections admitted (handshaking or open), for `max_connections`.
@@ -54,10 +56,12 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// State for `config`; `reloader` serves `/updateconfig/`.
     pub fn new(config: Config, reloader: Option<Reloader>) -> Gateway {
+        let metrics = Metrics::new();
         Gateway {
             hub: Hub::new(config.max_channels_per_connection),
             backend: Backend::new(config.max_inflight_forwards),
-            metrics: Metrics::new(),
+            workers: crate::worker::Pool::new(metrics.workers.clone()),
+            metrics,
             verifier: Verifier::new(config.signature_window, config.replay_cache_size),
             forward_slots: Semaphore::new(config.max_inflight_forwards),
             admitted: AtomicUsize::new(0),

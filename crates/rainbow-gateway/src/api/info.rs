@@ -86,6 +86,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     let uptime = gw.started.elapsed().as_secs_f64();
     let cpu_percent = if uptime > 0.0 { stats.cpu_seconds / uptime * 100.0 } else { 0.0 };
     let channels = gw.hub.channel_counts();
+    let workers = gw.workers.snapshot(std::time::Instant::now());
     if param(&query, "cluster").is_some_and(|v| v != "0") {
         let node = json!({
             "host": host,
@@ -98,6 +99,11 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
             "connections": gw.hub.len(),
             "channel_count": channels.len(),
             "channels": channels.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "workers": workers.iter().map(|w| json!({
+                "name": &*w.name, "credits": w.credits, "in_flight": w.in_flight,
+                "draining": w.draining, "attached_seconds": w.attached_seconds,
+            })).collect::<Vec<_>>(),
+            "worker_tasks_queued": gw.workers.queued(),
         });
         return answer(json!({"status": 0, "nodes": [node]}));
     }
@@ -113,6 +119,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         ("Memory (RSS)", format!("{:.1} MiB", stats.rss_bytes as f64 / 1048576.0)),
         ("Connections", gw.hub.len().to_string()),
         ("Channels", channels.len().to_string()),
+        ("Workers", format!("{} attached, {} tasks queued", workers.len(), gw.workers.queued())),
     ];
     for (k, v) in rows {
         let _ = write!(html, "<tr><th>{k}</th><td>{v}</td></tr>");
@@ -120,6 +127,20 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     html.push_str("</table><h2>Channels</h2><table><tr><th>Channel</th><th>Subscribers</th></tr>");
     for (channel, count) in &channels {
         let _ = write!(html, "<tr><td>{}</td><td>{count}</td></tr>", escape(channel));
+    }
+    html.push_str(
+        "</table><h2>Workers</h2><table><tr><th>Name</th><th>Credits</th><th>In flight</th><th>State</th></tr>",
+    );
+    for w in &workers {
+        let state = if w.draining { "draining" } else { "ready" };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{state}, {} s</td></tr>",
+            escape(&w.name),
+            w.credits,
+            w.in_flight,
+            w.attached_seconds
+        );
     }
     html.push_str("</table></body></html>");
     Html(html).into_response()
