@@ -39,7 +39,8 @@ struct Reason {
 }
 
 /// Why a worker session ended, for `rainbow_worker_disconnects_total`.
-pub const DISCONNECT_REASONS: [&str; 6] = ["drained", "closed", "protocol_error", "ping_timeout", "error", "shutdown"];
+pub const DISCONNECT_REASONS: [&str; 7] =
+    ["drained", "closed", "lost", "protocol_error", "ping_timeout", "error", "shutdown"];
 /// Why a task ended without a reply, for `rainbow_worker_tasks_dropped_total`.
 pub const DROP_REASONS: [&str; 3] = ["queue_full", "queue_timeout", "timeout"];
 /// What a reply did, for `rainbow_worker_replies_total`.

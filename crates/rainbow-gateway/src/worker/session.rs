@@ -31,6 +31,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -162,8 +163,10 @@ pub async fn endpoint(
 enum End {
     /// The worker closed (or the connection dropped) after `drained`.
     Drained,
-    /// The worker closed or the connection dropped.
+    /// The worker closed the session.
     Closed,
+    /// The connection dropped without a close (crash, kill, network).
+    Lost,
     /// The worker broke the protocol: close with this code and reason.
     Protocol(u16, String),
     /// Pings went unanswered.
@@ -179,6 +182,7 @@ impl End {
         match self {
             End::Drained => "drained",
             End::Closed => "closed",
+            End::Lost => "lost",
             End::Protocol(..) => "protocol_error",
             End::PingTimeout => "ping_timeout",
             End::Error(_) => "error",
@@ -241,7 +245,7 @@ pub async fn run(gw: Arc<Gateway>, ws: Ws, name: Arc<str>, peer: SocketAddr) {
         }
         End::Shutdown => session.close(1001, "gateway shutting down").await,
         End::Error(e) => debug!(worker = %name, id, side = "worker", "worker socket error: {e}"),
-        End::Drained | End::Closed => {}
+        End::Drained | End::Closed | End::Lost => {}
     }
     gw.workers.metrics().disconnect(end.label());
     let requeued = if attached { gw.workers.detach(id) } else { 0 };
@@ -289,8 +293,11 @@ impl Session {
     /// act on (ping, pong).
     async fn read(&mut self, message: Option<Result<Message, WsError>>) -> Result<Option<FromWorker>, End> {
         let message = match message {
-            None => return Err(if self.drained { End::Drained } else { End::Closed }),
+            None => return Err(if self.drained { End::Drained } else { End::Lost }),
             Some(Ok(m)) => m,
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Err(if self.drained { End::Drained } else { End::Lost });
+            }
             Some(Err(WsError::Capacity(e))) => return Err(End::Protocol(1009, format!("frame too big: {e}"))),
             Some(Err(WsError::Protocol(e))) => {
                 return Err(End::Protocol(1002, format!("websocket protocol error: {e}")));
@@ -454,7 +461,7 @@ fn socket_end(e: &WsError) -> End {
         WsError::Io(io)
             if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
         {
-            End::Closed
+            End::Lost
         }
         other => End::Error(other.to_string()),
     }
