@@ -441,7 +441,7 @@ async fn a_draining_library_worker_finishes_its_tasks_and_nothing_is_requeued() 
         let config = client_config(&gw);
         sends.push(tokio::spawn(async move {
             let (client, _events) = rainbow_client::Client::connect(config).await.unwrap();
-            for i in 0..15 {
+            for i in 0..15u32 {
                 let qos = if i.is_multiple_of(2) { Qos::AtLeastOnce } else { Qos::ExactlyOnce };
                 let payload = format!("{c}-{i}");
                 assert_eq!(client.send(1, payload.clone(), qos).await.unwrap(), payload.as_bytes());
