@@ -518,3 +518,52 @@ async fn serverinfo_lists_workers_without_secrets() {
     let info: Value = reqwest::get(gw.http("/serverinfo/?cluster=1")).await.unwrap().json().await.unwrap();
     assert_eq!(info["nodes"][0]["workers"][0]["draining"], true);
 }
+
+#[tokio::test]
+async fn a_library_worker_reconnects_and_its_dedup_answers_redeliveries() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[WORKERS_ONLY, ("worker_events", "message")]).await;
+    let proxy = Proxy::start(gw.addr).await;
+    let runs: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let runs2 = runs.clone();
+    let config = rainbow_worker::WorkerConfig::new(format!("ws://{}/worker/", proxy.addr), TOKEN)
+        .name("flaky")
+        .credits(4)
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let worker = Worker::new(config).dedup(rainbow_worker::MemoryDedup::new(1000)).on_any_message(move |task, _| {
+        let runs = runs2.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            *runs.lock().unwrap().entry(String::from_utf8_lossy(&task.payload).into_owned()).or_default() += 1;
+            Reply::new(task.payload)
+        }
+    });
+    let running = tokio::spawn(worker.run());
+    wait_workers(&gw, 1).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut sends = Vec::new();
+    for c in 0..3 {
+        let config = client_config(&gw).retransmit_interval(Duration::from_millis(500));
+        let answered = answered.clone();
+        sends.push(tokio::spawn(async move {
+            let (client, _events) = rainbow_client::Client::connect(config).await.unwrap();
+            for i in 0..12u32 {
+                let payload = format!("{c}-{i}");
+                assert_eq!(client.send(1, payload.clone(), Qos::ExactlyOnce).await.unwrap(), payload.as_bytes());
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    wait_for("messages flowing", || answered.load(Ordering::SeqCst) >= 6).await;
+    proxy.cut();
+    for s in sends {
+        tokio::time::timeout(Duration::from_secs(30), s).await.unwrap().unwrap();
+    }
+    assert_eq!(gw.metric("rainbow_worker_disconnects_total{reason=\"lost\"}").await, 1.0);
+    assert!(gw.metric("rainbow_worker_tasks_requeued_total").await >= 1.0, "the cut hit tasks in flight");
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), 36);
+    assert!(runs.values().all(|n| *n == 1), "a redelivered task ran its handler again: {runs:?}");
+    assert_eq!(gw.gw.workers.attached(), 1, "the worker came back by itself");
+    running.abort();
+}
