@@ -31,7 +31,9 @@ wait_up() {
 }
 
 gateway() {
-  RUST_LOG=warn RAINBOW_SECURITY_TOKEN=bench "$BIN/rainbow" serve -p "$PORT" --bind 127.0.0.1 "$@" &
+  # max_message_rate=0: a closed-loop client may exceed the default 1000/s.
+  RUST_LOG=warn RAINBOW_SECURITY_TOKEN=bench "$BIN/rainbow" serve -p "$PORT" --bind 127.0.0.1 \
+    --set max_message_rate=0 "$@" &
   gw_pid=$!; pids+=("$gw_pid"); wait_up
 }
 

@@ -99,6 +99,11 @@ async fn run(url: String, connections: usize, duration: Duration, qos: u8, size:
                 }
                 let result = client.send(message_type, payload.clone(), qos).await;
                 let took = sent.elapsed();
+                if result.is_err() && client.is_closed() {
+                    eprintln!("rpc_bench: the gateway closed a connection: {result:?} (is max_message_rate 0?)");
+                    errors += 1;
+                    break;
+                }
                 if sent >= measure_from && Instant::now() <= end {
                     match result {
                         Ok(_) => latencies.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX)),
