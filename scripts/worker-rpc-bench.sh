@@ -6,6 +6,7 @@
 # Prints one JSON line per run.
 #
 #   PROFILE=release CONNS=50 SECS=10 QOS=1 scripts/worker-rpc-bench.sh
+#   (SKIP_BUILD=1 uses the binaries already built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +19,10 @@ PORT=${PORT:-19871}
 HOOK_PORT=${HOOK_PORT:-19872}
 BIN=target/$PROFILE
 flag=(); [[ $PROFILE == release ]] && flag=(--release)
-cargo build "${flag[@]}" -q -p rainbow-gateway --bins
-cargo build "${flag[@]}" -q -p rainbow-worker --example echo_worker --example rpc_bench
+if [[ -z ${SKIP_BUILD:-} ]]; then
+  cargo build "${flag[@]}" -q -p rainbow-gateway --bins
+  cargo build "${flag[@]}" -q -p rainbow-worker --example echo_worker --example rpc_bench
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
