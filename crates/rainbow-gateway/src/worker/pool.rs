@@ -385,6 +385,7 @@ impl Pool {
             slot.credits = credits;
         }
         self.pump(&mut s);
+        self.gauges(&s);
     }
 
     /// A worker asked to drain: it gets no new task. Returns whether it holds
@@ -417,11 +418,6 @@ impl Pool {
         self.pump(&mut s);
         self.gauges(&s);
         (result, drained)
-    }
-
-    /// The name of worker `id` (empty if unknown).
-    pub fn name(&self, id: WorkerId) -> Arc<str> {
-        self.lock().workers.get(&id).map(|w| w.name.clone()).unwrap_or_else(|| Arc::from(""))
     }
 
     /// Submits a task. It goes to the free worker with the most free credits
