@@ -20,6 +20,7 @@ pub(crate) fn split(frame: Bytes) -> Result<(Map<String, Value>, Bytes), String>
     let Some(prefix) = frame.get(..4) else {
         return Err(format!("frame of {} bytes has no header length", frame.len()));
     };
+    // `get(..4)` returned exactly four bytes, so these indexes are in bounds.
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let end = usize::try_from(len).ok().and_then(|l| l.checked_add(4)).filter(|e| *e <= frame.len());
     let Some(end) = end else {

@@ -72,6 +72,7 @@ pub fn split(frame: Bytes) -> Result<RawFrame, FrameError> {
     let Some(prefix) = frame.get(..4) else {
         return Err(FrameError::Short(frame.len()));
     };
+    // `get(..4)` returned exactly four bytes, so these indexes are in bounds.
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let end = usize::try_from(len).ok().and_then(|l| l.checked_add(4)).filter(|end| *end <= frame.len());
     let Some(end) = end else {
