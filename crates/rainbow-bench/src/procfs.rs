@@ -86,18 +86,22 @@ pub fn cpu_seconds(proc: Proc) -> io::Result<f64> {
     parse_stat_cpu(&text).ok_or_else(|| invalid("CPU times", &path))
 }
 
-/// Parses the non-idle CPU seconds of the whole machine from a `/proc/stat`
-/// text: user, nice, system, irq, softirq and steal of the `cpu` line.
+/// Parses the busy CPU seconds of the whole machine from a `/proc/stat`
+/// text: user, system, irq, softirq and steal of the `cpu` line. The `nice`
+/// column (user time of processes at a positive nice value, such as a
+/// background fuzzer) is left out: that work yields to anything at normal
+/// or higher priority.
 pub fn parse_machine_cpu(text: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
-    let busy = [0usize, 1, 2, 5, 6, 7].iter().map(|&i| v.get(i).copied().unwrap_or(0)).sum::<u64>();
+    let busy = [0usize, 2, 5, 6, 7].iter().map(|&i| v.get(i).copied().unwrap_or(0)).sum::<u64>();
     Some(busy as f64 / USER_HZ)
 }
 
-/// Non-idle CPU seconds of the whole machine since boot (every process, ours
-/// included): compared with the server's and the bench's own, it shows how
-/// much other work shared the cores during a measurement.
+/// Busy CPU seconds of the whole machine since boot, positive-nice work
+/// excepted (see [`parse_machine_cpu`]): compared with the server's and the
+/// bench's own, it shows how much other work competed for the cores during a
+/// measurement.
 pub fn machine_cpu_seconds() -> io::Result<f64> {
     let text = std::fs::read_to_string("/proc/stat")?;
     parse_machine_cpu(&text).ok_or_else(|| invalid("CPU times", "/proc/stat"))
@@ -135,8 +139,8 @@ mod tests {
     #[test]
     fn machine_cpu() {
         let text = "cpu  100 5 50 9000 40 3 2 1 0 0\ncpu0 50 2 25 4500 20 1 1 0 0 0\n";
-        // user + nice + system + irq + softirq + steal = 100+5+50+3+2+1, iowait and idle excluded.
-        assert_eq!(parse_machine_cpu(text), Some(1.61));
+        // user + system + irq + softirq + steal = 100+50+3+2+1; nice, iowait and idle excluded.
+        assert_eq!(parse_machine_cpu(text), Some(1.56));
         assert_eq!(parse_machine_cpu("intr 1 2\n"), None);
         assert!(machine_cpu_seconds().expect("own machine") > 0.0);
     }

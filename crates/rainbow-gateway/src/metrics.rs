@@ -137,6 +137,8 @@ pub struct Metrics {
     /// not clustered).
     pub cluster_up: Gauge,
     cluster_messages: Family<Kind, Counter>,
+    /// The worker pool's metrics (`rainbow_worker*`).
+    pub workers: crate::worker::WorkerMetrics,
 }
 
 fn hook_histogram() -> Histogram {
@@ -173,6 +175,7 @@ impl Metrics {
             forwards_waiting: Gauge::default(),
             cluster_up: Gauge::default(),
             cluster_messages: Family::default(),
+            workers: Default::default(),
             registry: Registry::default(),
         };
         // Known label values start at 0 rather than absent, so rate() and
@@ -205,6 +208,7 @@ impl Metrics {
         registry.register("forwards_waiting", "Forwards waiting for a global slot", m.forwards_waiting.clone());
         registry.register("cluster_up", "1 while the cluster's Redis is reachable", m.cluster_up.clone());
         registry.register("cluster_messages", "Messages between cluster nodes by kind", m.cluster_messages.clone());
+        m.workers.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -102,6 +103,12 @@ impl Server {
         }
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let stopping = gw.clone();
+        // TCP_NODELAY on every accepted socket: small replies (a REC, a COM)
+        // must not wait for the peer's delayed ACK (Nagle), which put a
+        // ~40 ms floor under qos-2 request/reply.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -119,6 +126,7 @@ impl Server {
         if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
             warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
         }
+        gw.workers.shutdown();
         info!("stopped");
         served.map_err(ServerError::Serve)
     }

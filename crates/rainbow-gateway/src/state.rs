@@ -37,6 +37,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// API signature checks.
     pub verifier: Verifier,
+    /// Attached workers and the task queue.
+    pub workers: crate::worker::Pool,
     /// Gateway-wide forward slots (`max_inflight_forwards`).
     pub forward_slots: Semaphore,
     /// Connections admitted (handshaking or open), for `max_connections`.
@@ -64,11 +66,13 @@ impl Gateway {
             tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
             Cluster::alone()
         });
+        let metrics = Metrics::new();
         Gateway {
             hub,
             cluster,
             backend: Backend::new(config.max_inflight_forwards),
-            metrics: Metrics::new(),
+            workers: crate::worker::Pool::new(metrics.workers.clone()),
+            metrics,
             verifier: Verifier::new(config.signature_window, config.replay_cache_size),
             forward_slots: Semaphore::new(config.max_inflight_forwards),
             admitted: AtomicUsize::new(0),

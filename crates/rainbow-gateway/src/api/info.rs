@@ -102,6 +102,11 @@ pub fn node_summary(gw: &Gateway, max_channels: usize) -> serde_json::Value {
         "connections": gw.hub.len(),
         "channel_count": channel_count,
         "channels": channels.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "workers": gw.workers.snapshot(std::time::Instant::now()).iter().map(|w| json!({
+            "name": &*w.name, "credits": w.credits, "in_flight": w.in_flight,
+            "draining": w.draining, "attached_seconds": w.attached_seconds,
+        })).collect::<Vec<_>>(),
+        "worker_tasks_queued": gw.workers.queued(),
     })
 }
 
@@ -119,6 +124,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let stats = process_stats();
     let channels = gw.hub.channel_counts();
+    let workers = gw.workers.snapshot(std::time::Instant::now());
     if param(&query, "cluster").is_some_and(|v| v != "0") {
         let here = node_summary(&gw, usize::MAX);
         let Some(node) = gw.cluster.node() else {
@@ -151,6 +157,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         ("Memory (RSS)", format!("{:.1} MiB", stats.rss_bytes as f64 / 1048576.0)),
         ("Connections", gw.hub.len().to_string()),
         ("Channels", channels.len().to_string()),
+        ("Workers", format!("{} attached, {} tasks queued", workers.len(), gw.workers.queued())),
     ];
     for (k, v) in rows {
         let _ = write!(html, "<tr><th>{k}</th><td>{v}</td></tr>");
@@ -158,6 +165,20 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     html.push_str("</table><h2>Channels</h2><table><tr><th>Channel</th><th>Subscribers</th></tr>");
     for (channel, count) in &channels {
         let _ = write!(html, "<tr><td>{}</td><td>{count}</td></tr>", escape(channel));
+    }
+    html.push_str(
+        "</table><h2>Workers</h2><table><tr><th>Name</th><th>Credits</th><th>In flight</th><th>State</th></tr>",
+    );
+    for w in &workers {
+        let state = if w.draining { "draining" } else { "ready" };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{state}, {} s</td></tr>",
+            escape(&w.name),
+            w.credits,
+            w.in_flight,
+            w.attached_seconds
+        );
     }
     html.push_str("</table></body></html>");
     Html(html).into_response()

@@ -43,7 +43,7 @@ macro_rules! keys {
 }
 
 /// The config-file sections, in the order the docs list them.
-pub const SECTIONS: &[&str] = &["main", "cluster"];
+pub const SECTIONS: &[&str] = &["main", "cluster", "workers"];
 
 keys! {
     ["main"] {
@@ -77,6 +77,13 @@ keys! {
     "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]` or `unix:///path`) the nodes of a cluster share; empty runs this node alone.",
     "node_ttl" = "10s" : "A node that stops heartbeating leaves the cluster (and its connections the directory) after this long; heartbeats go every third of it.",
     "cluster_timeout" = "2s" : "How long a cluster operation waits for Redis before answering `cluster unavailable`.",
+    }
+    ["workers"] {
+    "worker_route" = "auto" : "Where routed events go: `webhook`, `workers`, or `auto` (workers while any is attached, else the webhook; a message with no `forward_url` waits for a worker).",
+    "worker_types" = "*" : "Message types routed by `worker_route`: `*` or a list like `1, 7, 100-199`; other types always go to `forward_url`.",
+    "worker_events" = "connect,message,close" : "Events routed by `worker_route` (`*` or a list of connect, message, close); the others always use their webhook.",
+    "worker_queue_size" = "10000" : "Tasks that may wait gateway-wide for a free worker; beyond it a qos-0 message is dropped (counted), a qos-1/2 message is left unanswered (the client retransmits), a connect gets 503.",
+    "worker_queue_timeout" = "10s" : "Longest wait in the queue for a free worker (never beyond the task's forward_timeout/hook_timeout); then the task fails as on a full queue.",
     }
 }
 
@@ -259,6 +266,16 @@ pub struct Config {
     pub node_ttl: Duration,
     /// How long a cluster operation waits for Redis.
     pub cluster_timeout: Duration,
+    /// Where routed events go.
+    pub worker_route: crate::worker::route::WorkerRoute,
+    /// Message types routed by `worker_route`.
+    pub worker_types: crate::worker::route::TypeSet,
+    /// Events routed by `worker_route`.
+    pub worker_events: crate::worker::route::EventSet,
+    /// Bound of the task queue, tasks.
+    pub worker_queue_size: usize,
+    /// Bound of a task's wait in the queue.
+    pub worker_queue_timeout: Duration,
 }
 
 /// Reads typed values out of [`Settings`], remembering the first error.
@@ -428,6 +445,11 @@ impl Config {
                 _ => Err(format!("must be at least 3s (heartbeats go every third of it), got {v:?}")),
             })?,
             cluster_timeout: r.duration("cluster_timeout")?,
+            worker_route: r.parse("worker_route", str::parse)?,
+            worker_types: r.parse("worker_types", str::parse)?,
+            worker_events: r.parse("worker_events", str::parse)?,
+            worker_queue_size: r.count("worker_queue_size", 0)?,
+            worker_queue_timeout: r.duration("worker_queue_timeout")?,
         };
         Ok(config)
     }

@@ -134,7 +134,7 @@ pub async fn connect(
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is at its connection limit; retry later\n");
     };
     let identity = gw.hub.mint_identity();
-    let control = match gw.backend.connect(&config, &gw.metrics, identity, &query, headers).await {
+    let control = match crate::worker::route::connect(&gw, &config, identity, peer, &query, headers).await {
         ConnectDecision::Accept(control) => control,
         ConnectDecision::Deny => {
             gw.metrics.connect("denied");
@@ -143,7 +143,7 @@ pub async fn connect(
         }
         ConnectDecision::Unavailable(cause) => {
             gw.metrics.connect("backend_error");
-            warn!(%identity, %peer, side = "backend", %cause, "connect hook failed; refusing with 503");
+            warn!(%identity, %peer, side = cause.side(), %cause, "connect hook failed; refusing with 503");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable; retry later\n");
         }
     };

@@ -10,3 +10,6 @@ mod forward;
 mod lifecycle;
 mod limits;
 mod push;
+mod worker_crash;
+mod worker_harness;
+mod workers;
