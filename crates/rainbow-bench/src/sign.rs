@@ -10,18 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha1::{Digest, Sha1};
-
-/// The signature of `(timestamp, nonce)` under `token`.
-pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    let mut parts = [token, timestamp, nonce];
-    parts.sort_unstable();
-    let mut sha = Sha1::new();
-    for part in parts {
-        sha.update(part.as_bytes());
-    }
-    hex::encode(sha.finalize())
-}
+pub use rainbow_protocol::signature::signature;
 
 /// Unix time in whole seconds (0 if the clock is before 1970).
 pub fn unix_secs() -> u64 {
@@ -77,6 +66,7 @@ pub fn query(token: &str, nonces: &Nonces) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha1::{Digest, Sha1};
 
     #[test]
     fn matches_the_python_reference() {

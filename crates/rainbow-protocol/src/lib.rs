@@ -7,6 +7,7 @@
 //! - [`inbound`]: the receiver of a SEND: the qos-2 dedup window.
 //! - [`envelope`]: header + body framing of the gateway's internal messages
 //!   (cluster nodes, workers).
+//! - [`signature`]: the spec §7 signature of hook and API calls.
 //!
 //! Nothing here touches a socket, a runtime or the clock: callers pass `now`
 //! and write the packets they are handed. The gateway and the Rust client are
@@ -18,6 +19,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod packet;
+pub mod signature;
 
 pub use inbound::{Disposition, Inbound, InboundConfig, WindowFull};
 pub use outbound::{Answered, InFlightFull, MAX_MESSAGE_ID, Outbound, OutboundConfig, Timeout};

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use sha1::{Digest, Sha1};
-
 use crate::error::WorkerError;
 
 /// How a worker connects and behaves.
@@ -141,16 +139,7 @@ impl WorkerConfig {
     }
 }
 
-/// `hex(sha1(concat(sorted([token, timestamp, nonce]))))` (spec §7).
-pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    let mut parts = [token, timestamp, nonce];
-    parts.sort_unstable();
-    let mut sha = Sha1::new();
-    for p in parts {
-        sha.update(p.as_bytes());
-    }
-    hex::encode(sha.finalize())
-}
+pub use rainbow_protocol::signature::signature;
 
 fn encode_component(s: &str, out: &mut String) {
     for &b in s.as_bytes() {
@@ -167,6 +156,7 @@ fn encode_component(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha1::{Digest, Sha1};
 
     #[test]
     fn signature_matches_the_reference() {

@@ -1,32 +1,23 @@
 //! The frame envelope of docs/worker-protocol.md §2: a `u32` big-endian
-//! header length, a JSON object header with an `op`, then the body.
+//! header length, a JSON object header with an `op`, then the body. The
+//! length prefix is `rainbow_protocol::envelope`, shared with the gateway.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use rainbow_protocol::envelope;
 use serde_json::{Map, Value};
 
 /// Encodes a header and a body into one frame.
 pub(crate) fn encode(header: &Map<String, Value>, body: &[u8]) -> Bytes {
     // Serializing a map of JSON values cannot fail (keys are strings).
     let json = serde_json::to_vec(header).unwrap_or_else(|_| b"{}".to_vec());
-    let mut out = BytesMut::with_capacity(4 + json.len() + body.len());
-    out.put_u32(u32::try_from(json.len()).unwrap_or(u32::MAX));
-    out.put_slice(&json);
-    out.put_slice(body);
-    out.freeze()
+    Bytes::from(envelope::encode(&json, body))
 }
 
 /// Splits a frame into its header object and body.
 pub(crate) fn split(frame: Bytes) -> Result<(Map<String, Value>, Bytes), String> {
-    let Some(prefix) = frame.get(..4) else {
-        return Err(format!("frame of {} bytes has no header length", frame.len()));
-    };
-    // `get(..4)` returned exactly four bytes, so these indexes are in bounds.
-    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let end = usize::try_from(len).ok().and_then(|l| l.checked_add(4)).filter(|e| *e <= frame.len());
-    let Some(end) = end else {
-        return Err(format!("header length {len} runs past the {}-byte frame", frame.len()));
-    };
-    match serde_json::from_slice::<Value>(&frame[4..end]) {
+    let header = envelope::decode(&frame).map_err(|e| e.to_string())?.0;
+    let end = envelope::PREFIX_LEN + header.len();
+    match serde_json::from_slice::<Value>(header) {
         Ok(Value::Object(header)) => Ok((header, frame.slice(end..))),
         Ok(_) => Err("header is not a JSON object".into()),
         Err(e) => Err(format!("header is not JSON: {e}")),

@@ -10,7 +10,8 @@
 //! Nothing here panics on input: every malformed frame is a [`FrameError`]
 //! naming the problem, which the session turns into a close with 1002.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use rainbow_protocol::envelope::{self, EnvelopeError};
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
@@ -69,16 +70,15 @@ pub struct RawFrame {
 
 /// Splits a frame into header and body.
 pub fn split(frame: Bytes) -> Result<RawFrame, FrameError> {
-    let Some(prefix) = frame.get(..4) else {
-        return Err(FrameError::Short(frame.len()));
+    let header = match envelope::decode(&frame) {
+        Ok((header, _)) => header,
+        Err(EnvelopeError::Short) => return Err(FrameError::Short(frame.len())),
+        Err(EnvelopeError::HeaderOverrun { header, .. }) => {
+            return Err(FrameError::HeaderOverrun { len: header as u64, frame: frame.len() });
+        }
     };
-    // `get(..4)` returned exactly four bytes, so these indexes are in bounds.
-    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let end = usize::try_from(len).ok().and_then(|l| l.checked_add(4)).filter(|end| *end <= frame.len());
-    let Some(end) = end else {
-        return Err(FrameError::HeaderOverrun { len: u64::from(len), frame: frame.len() });
-    };
-    let header = match serde_json::from_slice::<Value>(&frame[4..end]) {
+    let end = envelope::PREFIX_LEN + header.len();
+    let header = match serde_json::from_slice::<Value>(header) {
         Ok(Value::Object(map)) => map,
         Ok(other) => return Err(FrameError::NotObject(format!("a JSON {}", kind(&other)))),
         Err(e) => return Err(FrameError::NotObject(e.to_string())),
@@ -101,13 +101,7 @@ fn kind(v: &Value) -> &'static str {
 pub fn encode(header: &Map<String, Value>, body: &[u8]) -> Bytes {
     // Serializing a map of JSON values cannot fail (keys are strings).
     let json = serde_json::to_vec(header).unwrap_or_else(|_| b"{}".to_vec());
-    let mut out = BytesMut::with_capacity(4 + json.len() + body.len());
-    // A header over 4 GiB cannot be built from a bounded task; saturate
-    // rather than panic.
-    out.put_u32(u32::try_from(json.len()).unwrap_or(u32::MAX));
-    out.put_slice(&json);
-    out.put_slice(body);
-    out.freeze()
+    Bytes::from(envelope::encode(&json, body))
 }
 
 /// What a reply asks for (docs/worker-protocol.md §4).
