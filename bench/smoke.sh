@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# A quick end-to-end check of the gateway and the bench, for CI (< 60 s once
-# built): 200 idle connections held 2 s, then 200 handshakes at 1000/s; fails
-# unless every connection opened and stayed open.
+# A quick end-to-end check of the gateway and the bench, for CI (about 15 s
+# once built): 200 idle connections held 2 s, 200 handshakes at 1000/s, a
+# fan-out of 20 publications to 300 subscribers (subscribed by the connect
+# hook of `rainbow-bench backend`), and 1 s of qos-1 round trips from 4
+# clients through the forward hook. Fails unless every connection opened and
+# stayed open, no delivery was lost and every round trip was answered.
 #
 # Uses debug binaries (`cargo build`, cheap when already built); PROFILE=release
 # uses target/release instead, building it only if missing.
@@ -26,29 +29,57 @@ case "$PROFILE" in
     exit 2
     ;;
 esac
+set_bins "$BIN"
 
-start_gateway "$BIN"
 failures=0
 
+# check NAME JSON EXPR...: each EXPR is a Python expression over the result
+# `r` that must be true.
 check() {
   local name=$1 json=$2
   shift 2
   echo "$json"
-  for field in "$@"; do
-    local value
-    value=$(json_field "$json" "$field")
-    if [[ "$value" != 0 ]]; then
-      echo "smoke: $name: $field = ${value:-missing}, expected 0" >&2
+  local failed
+  failed=$(python3 - "$json" "$@" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+for expr in sys.argv[2:]:
+    try:
+        ok = eval(expr, {}, {"r": r})
+    except Exception as e:  # a missing field is a failure, with its name
+        ok, expr = False, f"{expr} ({e!r})"
+    if not ok:
+        print(expr)
+PY
+)
+  if [[ -n "$failed" ]]; then
+    while IFS= read -r expr; do
+      echo "smoke: $name: expected $expr" >&2
       failures=$((failures + 1))
-    fi
-  done
+    done <<<"$failed"
+  fi
 }
 
-idle=$(timeout 30 "$BIN/rainbow-bench" idle --url "$GW_URL" --connections 200 --hold 2 --pid "$GW_PID" --no-progress)
-check idle "$idle" connections_failed connections_dropped
-connect=$(timeout 20 "$BIN/rainbow-bench" connect --url "$GW_URL" --connections 200 --rate 1000 --pid "$GW_PID" --no-progress)
-check connect "$connect" connections_failed
+start_gateway "$BIN"
+idle=$(timeout 30 "$BENCH_BIN" idle --url "$GW_URL" --connections 200 --hold 2 --pid "$GW_PID" --no-progress)
+check idle "$idle" 'r["connections_failed"] == 0' 'r["connections_dropped"] == 0' 'r["connections_held"] == 200'
+connect=$(timeout 20 "$BENCH_BIN" connect --url "$GW_URL" --connections 200 --rate 1000 --pid "$GW_PID" --no-progress)
+check connect "$connect" 'r["connections_failed"] == 0'
 stop_gateway
+
+start_backend
+start_gateway "$BIN" --set "connect_url=$BE_URL/connect/" --set "close_url=$BE_URL/close/" \
+  --set "forward_url=$BE_URL/message/{message_type}/" --set max_message_rate=0
+fanout=$(timeout 40 "$BENCH_BIN" fanout --url "$GW_URL" --connections 300 --publish-rate 20 --duration 1 \
+  --drain 5 --pause 0.2 --pid "$GW_PID" --no-progress)
+check fanout "$fanout" 'r["connections_failed"] == 0' 'r["lost"] == 0' 'r["steps"][0]["published"] == 20' \
+  'r["steps"][0]["publish_failed"] == 0' 'r["steps"][0]["deliveries"] == 20 * 300' 'r["duplicates"] == 0'
+rpc=$(timeout 30 "$BENCH_BIN" rpc --url "$GW_URL" --clients 4 --warmup 0.2 --duration 1 \
+  --direct-url "$BE_URL/message/1/" --pid "$GW_PID" --no-progress)
+check rpc "$rpc" 'r["connections_failed"] == 0' 'r["gateway"]["failed"] == 0' 'r["gateway"]["round_trips"] >= 200' \
+  'r["direct"]["failed"] == 0' 'r["direct"]["round_trips"] >= 200'
+stop_gateway
+stop_backend
 
 if [[ $failures -ne 0 ]]; then
   echo "smoke: FAILED ($failures checks)" >&2

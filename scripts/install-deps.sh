@@ -16,3 +16,8 @@ python3 -c "import venv" 2>/dev/null || { apt-get update -qq && apt-get install 
 
 # The browser test (clients/js/browser): Chromium from apt, only when missing.
 [[ -x /usr/bin/chromium ]] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The cluster tests (crates/rainbow-gateway/tests/gateway/cluster.rs) start
+# their own redis-server on a free loopback port; Debian's package, only when
+# missing. Its service is not needed (and may not start in a container).
+have redis-server || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }

@@ -11,6 +11,14 @@
 //!    [`Event::Finished`] reports how many were still open then and the
 //!    process's own RSS and CPU time, measured before letting them go.
 //!
+//! What each connection does once open is the plan's [`Behaviour`]: idle
+//! (answer pings), subscribe (fan-out), rpc (closed-loop qos-1 requests) or
+//! churn (close and reopen on a schedule). Behaviours that count more than
+//! opens also report [`Event::Stats`] every tick, and their latency
+//! histograms in [`Event::Finished`]. Rpc and churn start together once every
+//! open has finished (the "go" instant); rpc then measures for a fixed
+//! window, timed by this process.
+//!
 //! The events are plain serde values: a worker process prints them as JSON
 //! lines and the parent reads them back (see [`crate::fleet`]).
 
@@ -22,14 +30,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::conn::{self, Failure, Target, Ws};
+use crate::clients::{self, RpcPlan};
+use crate::conn::{self, End, Failure, Target, Ws};
 use crate::procfs::{self, Proc};
 use crate::sources::Sources;
+use crate::stats::{Counters, Stats};
 
 /// Distinct failure labels kept; further ones are counted as "other".
 const MAX_LABELS: usize = 32;
@@ -39,6 +50,26 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// Largest latency recorded, microseconds (one hour).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// What a connection does once open.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Behaviour {
+    /// Nothing but answering pings (`idle`, `connect`).
+    Idle,
+    /// Receive stamped publications and time them (`fanout`); a delivery
+    /// slower than `late` counts as late.
+    Subscribe {
+        /// The lag threshold.
+        late: Duration,
+    },
+    /// Send qos-1 requests in a closed loop (`rpc`).
+    Rpc(RpcPlan),
+    /// Close and reopen every `period`, spread evenly over the connections (`churn`).
+    Churn {
+        /// Each connection's life between reopenings.
+        period: Duration,
+    },
+}
 
 /// What one process should open.
 #[derive(Clone, Debug)]
@@ -59,6 +90,8 @@ pub struct Plan {
     pub handshake_timeout: Duration,
     /// Device ids are `{device_prefix}-{n}`.
     pub device_prefix: String,
+    /// What each connection does once open.
+    pub behaviour: Behaviour,
 }
 
 /// Counts so far.
@@ -109,6 +142,13 @@ pub struct Finished {
     pub peak_rss_kib: u64,
     /// This process's user + system CPU seconds at release.
     pub cpu_seconds: f64,
+    /// Latency histograms of the behaviour, by name (see [`crate::stats`]),
+    /// as `[value, count]` pairs in microseconds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub histograms: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Failures of the behaviour by label (churn: reopenings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
 }
 
 /// What [`run`] reports.
@@ -119,6 +159,8 @@ pub enum Event {
     Progress(Progress),
     /// Every open has finished.
     Opened(Opened),
+    /// The behaviour's counts so far (not sent by idle connections).
+    Stats(Stats),
     /// Released; the process's final figures.
     Finished(Finished),
 }
@@ -126,7 +168,8 @@ pub enum Event {
 /// Where events go.
 pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
 
-fn bump(map: &Mutex<BTreeMap<String, u64>>, label: String) {
+/// Counts one more `label` in `map`, keeping at most [`MAX_LABELS`] labels.
+pub fn bump(map: &Mutex<BTreeMap<String, u64>>, label: String) {
     let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let key = if map.len() >= MAX_LABELS && !map.contains_key(&label) { "other".to_string() } else { label };
     *map.entry(key).or_default() += 1;
@@ -140,11 +183,17 @@ struct Tally {
     errors: Mutex<BTreeMap<String, u64>>,
     drops: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<Histogram<u64>>,
+    counters: Counters,
 }
 
 impl Tally {
-    fn new() -> anyhow::Result<Tally> {
+    fn new(behaviour: &Behaviour) -> anyhow::Result<Tally> {
+        let late = match behaviour {
+            Behaviour::Subscribe { late } => *late,
+            _ => Duration::from_secs(1),
+        };
         Ok(Tally {
+            counters: Counters::new(late),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -200,11 +249,14 @@ impl Tally {
             rss_kib: mem.rss_kib,
             peak_rss_kib: mem.peak_kib,
             cpu_seconds: procfs::cpu_seconds(Proc::Current).unwrap_or(0.0),
+            histograms: self.counters.histograms(),
+            failures: self.counters.reopen_errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
 
-/// Everything one connection needs to open; dropped once it is open.
+/// Everything one connection needs to open; dropped once it is open
+/// (except by churning connections, which reopen).
 struct Opening {
     target: Arc<Target>,
     source: Option<IpAddr>,
@@ -213,7 +265,7 @@ struct Opening {
 }
 
 impl Opening {
-    async fn open(self) -> Result<Ws, Failure> {
+    async fn open(&self) -> Result<Ws, Failure> {
         match tokio::time::timeout(self.timeout, conn::open(&self.target, self.source, &self.device_id)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
@@ -221,9 +273,18 @@ impl Opening {
     }
 }
 
-/// One connection's task: open, then idle until the gateway ends it or the
-/// task is aborted at release.
-async fn connection(opening: Opening, permit: OwnedSemaphorePermit, tally: Arc<Tally>) {
+/// What a connection task needs besides its opening.
+struct Role {
+    behaviour: Arc<Behaviour>,
+    /// When every open of this process finished (set once).
+    go: watch::Receiver<Option<Instant>>,
+    /// Churn: this connection's offset into the period.
+    phase: Duration,
+}
+
+/// One connection's task: open, then run the behaviour until the gateway
+/// ends it or the task is aborted at release.
+async fn connection(opening: Opening, permit: OwnedSemaphorePermit, tally: Arc<Tally>, role: Role) {
     let started = Instant::now();
     // Boxed so the handshake's state lives on the heap only while it runs and
     // the task's stored future stays small for the idle phase. Counted before
@@ -238,15 +299,81 @@ async fn connection(opening: Opening, permit: OwnedSemaphorePermit, tally: Arc<T
     };
     tally.opened(started.elapsed());
     drop(permit);
-    // The stream stays in this one place; the idle loop only borrows it.
-    let end = conn::idle(&mut ws).await;
+    // The stream stays in this one place; the behaviours only borrow it.
+    // Behaviours other than idle are boxed for the same reason as the open.
+    let end = match &*role.behaviour {
+        Behaviour::Idle => {
+            drop(opening);
+            conn::idle(&mut ws).await
+        }
+        Behaviour::Subscribe { .. } => {
+            drop(opening);
+            Box::pin(clients::subscribe(&mut ws, &tally.counters)).await
+        }
+        Behaviour::Rpc(plan) => {
+            drop(opening);
+            Box::pin(clients::rpc(&mut ws, plan, role.go.clone(), &tally.counters)).await
+        }
+        Behaviour::Churn { period } => Box::pin(churn(ws, opening, *period, role, &tally)).await,
+    };
     tally.ended(&end);
+}
+
+/// Closes a connection politely: a close frame, then reading until the
+/// gateway's close arrives and the stream ends (bounded).
+async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// A churning connection: idles until its turn in each period, closes and
+/// reopens. A reopening that fails is retried at the next turn. Returns only
+/// if the gateway ends the connection by itself.
+async fn churn(mut ws: Ws, opening: Opening, period: Duration, role: Role, tally: &Tally) -> End {
+    let mut go = role.go.clone();
+    let Ok(go_at) = go.wait_for(Option::is_some).await.map(|g| g.unwrap_or_else(Instant::now)) else {
+        return conn::idle(&mut ws).await;
+    };
+    let period = period.max(Duration::from_millis(10));
+    let mut turn = go_at + role.phase;
+    let mut current = Some(ws);
+    loop {
+        while turn <= Instant::now() {
+            turn += period;
+        }
+        match current.as_mut() {
+            Some(ws) => {
+                tokio::select! {
+                    end = conn::idle(ws) => return end,
+                    _ = tokio::time::sleep_until(turn.into()) => {}
+                }
+            }
+            None => tokio::time::sleep_until(turn.into()).await,
+        }
+        if let Some(ws) = current.take() {
+            close(ws).await;
+            tally.counters.churn_closed();
+        }
+        let started = Instant::now();
+        match opening.open().await {
+            Ok(ws) => {
+                tally.counters.churn_reopened(started.elapsed());
+                current = Some(ws);
+            }
+            Err(failure) => tally.counters.churn_failed(failure.label()),
+        }
+    }
 }
 
 /// Opens the plan's connections, reports, holds them until `release`
 /// resolves, reports again and closes them.
 pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let tally = Arc::new(Tally::new()?);
+    let tally = Arc::new(Tally::new(&plan.behaviour)?);
+    let counting = plan.behaviour != Behaviour::Idle;
     let reporter = {
         let (tally, sink) = (tally.clone(), sink.clone());
         tokio::spawn(async move {
@@ -254,13 +381,22 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
             loop {
                 tick.tick().await;
                 sink(Event::Progress(tally.progress()));
+                if counting {
+                    sink(Event::Stats(tally.counters.stats()));
+                }
             }
         })
     };
+    let behaviour = Arc::new(plan.behaviour.clone());
+    let (go_tx, go_rx) = watch::channel(None);
     let concurrency = plan.concurrency.clamp(1, 1 << 20);
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut conns = JoinSet::new();
     let start = Instant::now();
+    let period = match plan.behaviour {
+        Behaviour::Churn { period } => period,
+        _ => Duration::ZERO,
+    };
     for i in 0..plan.count {
         if plan.rate > 0.0 {
             let due = start + Duration::from_secs_f64(i as f64 / plan.rate);
@@ -276,7 +412,12 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
             device_id: format!("{}-{index}", plan.device_prefix),
             timeout: plan.handshake_timeout,
         };
-        conns.spawn(connection(opening, permit, tally.clone()));
+        let role = Role {
+            behaviour: behaviour.clone(),
+            go: go_rx.clone(),
+            phase: period.mul_f64(i as f64 / plan.count.max(1) as f64),
+        };
+        conns.spawn(connection(opening, permit, tally.clone(), role));
         // Forget tasks that already ended (failed opens).
         while conns.try_join_next().is_some() {}
     }
@@ -284,12 +425,33 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
     let all = u32::try_from(concurrency).context("concurrency too large")?;
     let _all_opens_done = gate.acquire_many(all).await.context("handshake gate closed")?;
     sink(Event::Opened(tally.opened_report(start.elapsed().as_secs_f64())));
+    // Nobody may be waiting (idle connections): that is fine.
+    let _ = go_tx.send(Some(Instant::now()));
+    let window = match &plan.behaviour {
+        Behaviour::Rpc(rpc) => {
+            let (tally, warmup, measure) = (tally.clone(), rpc.warmup, rpc.measure);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                tally.counters.start_window();
+                let opened = Instant::now();
+                tokio::time::sleep(measure).await;
+                tally.counters.end_window(opened.elapsed());
+            }))
+        }
+        _ => None,
+    };
 
     release.await;
     let finished = tally.finished_report();
     reporter.abort();
+    if let Some(window) = window {
+        window.abort();
+    }
     conns.shutdown().await;
     sink(Event::Progress(tally.progress()));
+    if counting {
+        sink(Event::Stats(tally.counters.stats()));
+    }
     sink(Event::Finished(finished));
     Ok(())
 }
@@ -309,7 +471,13 @@ mod tests {
                 errors: [("http 503".to_string(), 1)].into(),
                 latency_us: vec![(120, 2), (900, 1)],
             }),
+            Event::Stats(Stats { ready: 4, rpc_window: 9, ..Stats::default() }),
             Event::Finished(Finished { alive: 3, rss_kib: 1000, cpu_seconds: 0.25, ..Default::default() }),
+            Event::Finished(Finished {
+                alive: 1,
+                histograms: [("step1".to_string(), vec![(250, 7)])].into(),
+                ..Default::default()
+            }),
         ];
         for event in events {
             let line = serde_json::to_string(&event).expect("serializes");
@@ -325,7 +493,8 @@ mod tests {
         let target = Arc::new(Target::resolve("ws://127.0.0.1:9/").await.expect("resolves"));
         let opening = Opening { target, source: None, device_id: String::new(), timeout: Duration::from_secs(1) };
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.expect("permit");
-        let task = connection(opening, permit, Arc::new(Tally::new().expect("tally")));
+        let role = Role { behaviour: Arc::new(Behaviour::Idle), go: watch::channel(None).1, phase: Duration::ZERO };
+        let task = connection(opening, permit, Arc::new(Tally::new(&Behaviour::Idle).expect("tally")), role);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2 * std::mem::size_of::<Ws>(), "connection future is {size} bytes");
     }

@@ -10,7 +10,8 @@
 //! down with it.
 //!
 //! Either way the caller sees one merged stream and three phases:
-//! [`Fleet::opened`], [`Fleet::hold`], [`Fleet::release`].
+//! [`Fleet::opened`], [`Fleet::hold`] (or [`Fleet::wait_until`] a condition
+//! on the merged [`Fleet::stats`]), [`Fleet::release`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,8 +24,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Target;
-use crate::engine::{self, Event, Finished, Opened, Plan, Progress, Sink};
+use crate::engine::{self, Behaviour, Event, Finished, Opened, Plan, Progress, Sink};
 use crate::sources::Sources;
+use crate::stats::Stats;
 
 /// How long workers get to exit after their final report.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -72,6 +74,8 @@ pub struct LoadSpec {
     pub handshake_timeout: Duration,
     /// Device id prefix.
     pub device_prefix: String,
+    /// What each connection does once open.
+    pub behaviour: Behaviour,
 }
 
 impl LoadSpec {
@@ -86,12 +90,13 @@ impl LoadSpec {
             sources: self.sources.clone(),
             handshake_timeout: self.handshake_timeout,
             device_prefix: self.device_prefix.clone(),
+            behaviour: self.behaviour.clone(),
         }
     }
 
     /// The command-line arguments of a worker running `share`.
     pub fn worker_args(&self, share: Share) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "worker".to_string(),
             "--url".to_string(),
             self.target.url().to_string(),
@@ -109,7 +114,35 @@ impl LoadSpec {
             self.handshake_timeout.as_secs_f64().to_string(),
             "--device-prefix".to_string(),
             self.device_prefix.clone(),
-        ]
+        ];
+        args.extend(behaviour_args(&self.behaviour));
+        args
+    }
+}
+
+/// The worker arguments that give it `behaviour` (see [`crate::cli::WorkerArgs`]).
+pub fn behaviour_args(behaviour: &Behaviour) -> Vec<String> {
+    let secs = |d: std::time::Duration| d.as_secs_f64().to_string();
+    match behaviour {
+        Behaviour::Idle => vec![],
+        Behaviour::Subscribe { late } => vec!["--behaviour".into(), "subscribe".into(), "--late".into(), secs(*late)],
+        Behaviour::Rpc(rpc) => vec![
+            "--behaviour".into(),
+            "rpc".into(),
+            "--window".into(),
+            rpc.window.to_string(),
+            "--message-type".into(),
+            rpc.message_type.to_string(),
+            "--payload-size".into(),
+            rpc.payload_size.to_string(),
+            "--rpc-timeout".into(),
+            secs(rpc.timeout),
+            "--warmup".into(),
+            secs(rpc.warmup),
+            "--measure".into(),
+            secs(rpc.measure),
+        ],
+        Behaviour::Churn { period } => vec!["--behaviour".into(), "churn".into(), "--period".into(), secs(*period)],
     }
 }
 
@@ -132,6 +165,7 @@ pub struct Fleet {
     members: Vec<Member>,
     reports: mpsc::UnboundedReceiver<Report>,
     progress: Vec<Progress>,
+    stats: Vec<Stats>,
     opened: Vec<Option<Opened>>,
     finished: Vec<Option<Finished>>,
     exited: Vec<bool>,
@@ -144,6 +178,7 @@ impl Fleet {
             members,
             reports,
             progress: vec![Progress::default(); n],
+            stats: vec![Stats::default(); n],
             opened: vec![None; n],
             finished: vec![None; n],
             exited: vec![false; n],
@@ -192,6 +227,17 @@ impl Fleet {
         Ok(Fleet::new(members, rx))
     }
 
+    /// Process ids of the worker processes (none for a local fleet).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| match m {
+                Member::Child { child, .. } => child.id(),
+                Member::Local { .. } => None,
+            })
+            .collect()
+    }
+
     /// How many processes run the load (1 for a local fleet).
     pub fn processes(&self) -> usize {
         self.members.len()
@@ -207,12 +253,50 @@ impl Fleet {
         self.progress.iter().fold(Progress::default(), |a, b| a + *b)
     }
 
+    /// The behaviour's counts so far, merged over members.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in &self.stats {
+            total.merge(s);
+        }
+        total
+    }
+
+    /// Takes reports until `done` holds for the fleet or `deadline` passes;
+    /// returns whether `done` held. `every_tick` sees the fleet at least
+    /// every 200 ms.
+    pub async fn wait_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        mut done: impl FnMut(&Fleet) -> bool,
+        mut every_tick: impl FnMut(&Fleet),
+    ) -> anyhow::Result<bool> {
+        let mut tick = tokio::time::interval(engine::PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if done(self) {
+                return Ok(true);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(done(self)),
+                _ = tick.tick() => every_tick(self),
+                step = self.next() => step?,
+            }
+        }
+    }
+
     /// Takes the next report into the fleet's state.
     async fn next(&mut self) -> anyhow::Result<()> {
         let report = self.reports.recv().await.context("every member of the fleet is gone")?;
         match report {
             Report::Event(i, Event::Progress(p)) => self.progress[i] = p,
-            Report::Event(i, Event::Opened(o)) => self.opened[i] = Some(o),
+            Report::Event(i, Event::Opened(o)) => {
+                // The last progress tick may predate the last opens.
+                let p = &mut self.progress[i];
+                (p.ok, p.failed) = (p.ok.max(o.ok), p.failed.max(o.failed));
+                self.opened[i] = Some(o);
+            }
+            Report::Event(i, Event::Stats(s)) => self.stats[i] = s,
             Report::Event(i, Event::Finished(f)) => self.finished[i] = Some(f),
             Report::Exited(i, outcome) => {
                 self.exited[i] = true;
@@ -327,5 +411,34 @@ mod tests {
         let total: f64 = shares.iter().map(|s| s.rate).sum();
         assert!((total - 4000.0).abs() < 1e-6);
         assert_eq!(split(0, 10.0, 5).len(), 1);
+    }
+
+    #[test]
+    fn behaviours_become_worker_arguments() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let rpc = Behaviour::Rpc(crate::clients::RpcPlan {
+            window: 2,
+            message_type: 7,
+            payload_size: 40,
+            timeout: std::time::Duration::from_secs(5),
+            warmup: std::time::Duration::from_millis(1500),
+            measure: std::time::Duration::from_secs(10),
+        });
+        for behaviour in [
+            Behaviour::Idle,
+            Behaviour::Subscribe { late: std::time::Duration::from_millis(250) },
+            rpc,
+            Behaviour::Churn { period: std::time::Duration::from_secs(20) },
+        ] {
+            let mut argv =
+                vec!["rainbow-bench".to_string(), "worker".into(), "--url".into(), "ws://127.0.0.1:1/".into()];
+            argv.extend(["--connections".into(), "3".into()]);
+            argv.extend(behaviour_args(&behaviour));
+            let Command::Worker(args) = Cli::try_parse_from(argv).expect("parses").command else {
+                panic!("not a worker")
+            };
+            assert_eq!(args.behaviour().expect("valid"), behaviour);
+        }
     }
 }

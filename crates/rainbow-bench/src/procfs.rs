@@ -86,6 +86,27 @@ pub fn cpu_seconds(proc: Proc) -> io::Result<f64> {
     parse_stat_cpu(&text).ok_or_else(|| invalid("CPU times", &path))
 }
 
+/// Parses the busy CPU seconds of the whole machine from a `/proc/stat`
+/// text: user, system, irq, softirq and steal of the `cpu` line. The `nice`
+/// column (user time of processes at a positive nice value, such as a
+/// background fuzzer) is left out: that work yields to anything at normal
+/// or higher priority.
+pub fn parse_machine_cpu(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let busy = [0usize, 2, 5, 6, 7].iter().map(|&i| v.get(i).copied().unwrap_or(0)).sum::<u64>();
+    Some(busy as f64 / USER_HZ)
+}
+
+/// Busy CPU seconds of the whole machine since boot, positive-nice work
+/// excepted (see [`parse_machine_cpu`]): compared with the server's and the
+/// bench's own, it shows how much other work competed for the cores during a
+/// measurement.
+pub fn machine_cpu_seconds() -> io::Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    parse_machine_cpu(&text).ok_or_else(|| invalid("CPU times", "/proc/stat"))
+}
+
 /// The soft limit of open files of this process, if it can be read.
 pub fn open_files_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -113,6 +134,15 @@ mod tests {
     fn stat_cpu_with_spaces_in_name() {
         let text = "1234 (tokio rt) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 1000 200";
         assert_eq!(parse_stat_cpu(text), Some(3.0));
+    }
+
+    #[test]
+    fn machine_cpu() {
+        let text = "cpu  100 5 50 9000 40 3 2 1 0 0\ncpu0 50 2 25 4500 20 1 1 0 0 0\n";
+        // user + system + irq + softirq + steal = 100+50+3+2+1; nice, iowait and idle excluded.
+        assert_eq!(parse_machine_cpu(text), Some(1.56));
+        assert_eq!(parse_machine_cpu("intr 1 2\n"), None);
+        assert!(machine_cpu_seconds().expect("own machine") > 0.0);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! - [`idle`]: warm the gateway up with a few connections, read its RSS, open
 //!   N connections, hold them idle, read its RSS again, divide.
 //! - [`connect`]: open N connections at a rate and time the handshakes.
-//! - [`worker`]: one share of either, in a worker process, reporting JSON lines.
+//! - [`worker`]: one share of any run, in a worker process, reporting JSON lines.
+//!
+//! The other runs live in their own modules ([`crate::fanout`],
+//! [`crate::rpc`], [`crate::churn`]) and use the helpers here.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cli::{ConnectArgs, IdleArgs, LoadArgs, WorkerArgs};
 use crate::conn::Target;
-use crate::engine::{self, Plan, Sink};
+use crate::engine::{self, Behaviour, Plan, Sink};
 use crate::fleet::{Fleet, LoadSpec, Share, split};
 use crate::procfs::{self, Proc};
 use crate::progress::Bars;
@@ -25,7 +28,13 @@ const FD_RESERVE: u64 = 512;
 
 /// Checks the load settings and resolves the gateway. Returns the spec and
 /// the number of connections one process may hold.
-async fn load_spec(load: &LoadArgs) -> anyhow::Result<(LoadSpec, usize)> {
+pub async fn load_spec(load: &LoadArgs) -> anyhow::Result<(LoadSpec, usize)> {
+    load_spec_for(load, &load.url, Behaviour::Idle).await
+}
+
+/// [`load_spec`] for connections to `url` (which may differ from
+/// `load.url`, e.g. with a channel filled in) doing `behaviour`.
+pub async fn load_spec_for(load: &LoadArgs, url: &str, behaviour: Behaviour) -> anyhow::Result<(LoadSpec, usize)> {
     if load.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -35,11 +44,11 @@ async fn load_spec(load: &LoadArgs) -> anyhow::Result<(LoadSpec, usize)> {
     if !load.handshake_timeout.is_finite() || load.handshake_timeout <= 0.0 {
         bail!("--handshake-timeout must be a positive number of seconds");
     }
-    let target = Target::resolve(&load.url).await?;
+    let target = Target::resolve(url).await?;
     if !load.allow_remote && !target.addr().ip().is_loopback() {
         bail!(
             "{} resolves to {}, outside loopback; load tests go to 127.0.0.0/8 or ::1 (--allow-remote overrides)",
-            load.url,
+            url,
             target.addr().ip()
         );
     }
@@ -54,11 +63,13 @@ async fn load_spec(load: &LoadArgs) -> anyhow::Result<(LoadSpec, usize)> {
         sources: load.sources.clone(),
         handshake_timeout: Duration::from_secs_f64(load.handshake_timeout),
         device_prefix: format!("bench-{}", std::process::id()),
+        behaviour,
     };
     Ok((spec, per_process))
 }
 
-fn start(spec: &LoadSpec, shares: &[Share]) -> anyhow::Result<Fleet> {
+/// Starts a fleet: this process for one share, workers for several.
+pub fn start(spec: &LoadSpec, shares: &[Share]) -> anyhow::Result<Fleet> {
     match shares {
         [one] => Ok(Fleet::local(spec.plan(*one))),
         many => Fleet::spawn(spec, many),
@@ -66,7 +77,7 @@ fn start(spec: &LoadSpec, shares: &[Share]) -> anyhow::Result<Fleet> {
 }
 
 /// Waits for every share to finish opening, with a bar.
-async fn open_all(fleet: &mut Fleet, bars: Bars, prefix: &str, count: usize) -> anyhow::Result<OpenTotals> {
+pub async fn open_all(fleet: &mut Fleet, bars: Bars, prefix: &str, count: usize) -> anyhow::Result<OpenTotals> {
     let bar = bars.connections(prefix, count as u64);
     let parts = fleet
         .opened(|p| {
@@ -81,7 +92,7 @@ async fn open_all(fleet: &mut Fleet, bars: Bars, prefix: &str, count: usize) -> 
 }
 
 /// The bench's own RSS, peak RSS and CPU seconds over all its processes.
-fn own_figures(fleet: &Fleet, finish: &FinishTotals) -> (u64, u64, f64) {
+pub fn own_figures(fleet: &Fleet, finish: &FinishTotals) -> (u64, u64, f64) {
     if fleet.is_local() {
         // The share ran here: its report already is this process.
         (finish.rss_kib, finish.peak_rss_kib, finish.cpu_seconds)
@@ -92,13 +103,15 @@ fn own_figures(fleet: &Fleet, finish: &FinishTotals) -> (u64, u64, f64) {
     }
 }
 
-fn gateway_memory(pid: u32) -> anyhow::Result<procfs::Memory> {
+/// The gateway's memory figures, with a helpful error.
+pub fn gateway_memory(pid: u32) -> anyhow::Result<procfs::Memory> {
     procfs::memory(Proc::Pid(pid)).with_context(|| {
         format!("cannot read /proc/{pid}/status: is {pid} the gateway's process id, and is it running?")
     })
 }
 
-fn gateway_cpu(pid: u32) -> anyhow::Result<f64> {
+/// The gateway's CPU seconds so far, with a helpful error.
+pub fn gateway_cpu(pid: u32) -> anyhow::Result<f64> {
     procfs::cpu_seconds(Proc::Pid(pid)).with_context(|| format!("cannot read /proc/{pid}/stat"))
 }
 
@@ -253,6 +266,7 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<ConnectResult> {
 /// lines on stdout; a line or end of file on stdin releases the connections.
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let target = Arc::new(Target::resolve(&args.url).await?);
+    let behaviour = args.behaviour()?;
     let plan = Plan {
         target,
         count: args.connections,
@@ -262,6 +276,7 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
         sources: args.sources.clone(),
         handshake_timeout: Duration::from_secs_f64(args.handshake_timeout.max(0.001)),
         device_prefix: args.device_prefix.clone(),
+        behaviour,
     };
     let sink: Sink = Arc::new(|event| {
         if let Ok(line) = serde_json::to_string(&event) {

@@ -166,3 +166,141 @@ async fn binary_splits_over_workers_and_prints_one_line() {
     assert_eq!(v["processes"], 4);
     gw.stop().await;
 }
+
+/// `rainbow-bench backend` in this process, on a free port.
+async fn backend() -> (String, tokio::task::JoinHandle<()>) {
+    let server = rainbow_bench::backend::Backend::bind("127.0.0.1:0".parse().expect("addr"), "{\"ok\":true}".into())
+        .await
+        .expect("backend binds");
+    let url = format!("http://{}", server.local_addr().expect("addr"));
+    (url, tokio::spawn(server.serve(std::future::pending())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_every_subscriber_at_qos_0_and_1() {
+    let (be, _backend) = backend().await;
+    let connect = format!("{be}/connect/");
+    let gw = Gateway::start_with(&[("connect_url", &connect)]).await;
+    let url = gw.url();
+    for qos in ["0", "1"] {
+        let Command::Fanout(args) = parse(&[
+            "fanout",
+            "--url",
+            &url,
+            "-n",
+            "40",
+            "--qos",
+            qos,
+            "--publish-rate",
+            "20",
+            "--duration",
+            "0.5",
+            "--pause",
+            "0.1",
+            "--no-progress",
+        ]) else {
+            panic!("not fanout")
+        };
+        let result = rainbow_bench::fanout::fanout(&args).await.expect("fanout run");
+        assert_eq!(result.connections_ok, 40);
+        assert_eq!(result.processes, 1);
+        let step = &result.steps[0];
+        assert_eq!(step.published, 10, "{step:?}");
+        assert_eq!(step.deliveries, 400, "{step:?}");
+        assert_eq!((result.lost, result.duplicates, result.unparsed), (0, 0, 0));
+        assert!(step.latency.p50_ms > 0.0);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_measures_the_gateway_and_the_backend_directly() {
+    let (be, _backend) = backend().await;
+    let forward = format!("{be}/message/{{message_type}}/");
+    let gw = Gateway::start_with(&[("forward_url", &forward), ("max_message_rate", "0")]).await;
+    let url = gw.url();
+    let direct = format!("{be}/message/1/");
+    let Command::Rpc(args) = parse(&[
+        "rpc",
+        "--url",
+        &url,
+        "--clients",
+        "3",
+        "--window",
+        "2",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+        "--direct-url",
+        &direct,
+        "--no-progress",
+    ]) else {
+        panic!("not rpc")
+    };
+    let result = rainbow_bench::rpc::rpc(&args).await.expect("rpc run");
+    let (g, d) = (result.gateway.expect("gateway leg"), result.direct.expect("direct leg"));
+    assert_eq!((g.concurrency, d.concurrency), (6, 6));
+    assert!(g.round_trips > 10 && d.round_trips > 10, "{g:?} {d:?}");
+    assert_eq!((g.failed, d.failed), (0, 0));
+    assert!(result.overhead_p50_us.is_some() && result.throughput_ratio.is_some());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_closes_and_reopens_on_schedule() {
+    let gw = Gateway::start().await;
+    let url = gw.url();
+    let pid = std::process::id().to_string();
+    let Command::Churn(args) = parse(&[
+        "churn",
+        "--url",
+        &url,
+        "-n",
+        "20",
+        "--fraction",
+        "2",
+        "--duration",
+        "2",
+        "--sample-every",
+        "0.5",
+        "--baseline-at",
+        "1",
+        "--pid",
+        &pid,
+        "--no-progress",
+    ]) else {
+        panic!("not churn")
+    };
+    let result = rainbow_bench::churn::churn(&args).await.expect("churn run");
+    // 20 connections × 2 per second × 2 s = 80 reopenings, give or take the edges.
+    assert!((60..=100).contains(&result.reopened), "{result:?}");
+    assert_eq!(result.handshake_failures, 0);
+    assert!(result.samples.len() >= 4);
+    assert!(result.rss_baseline_kib > 0 && result.rss_end_kib > 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_fanout_over_workers_counts_every_delivery() {
+    let (be, _backend) = backend().await;
+    let connect = format!("{be}/connect/");
+    let gw = Gateway::start_with(&[("connect_url", &connect)]).await;
+    let url = gw.url();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rainbow-bench"))
+        .args(["fanout", "--url", &url, "-n", "40", "--per-process", "15", "--publish-rate", "10", "--duration", "0.5"])
+        .args(["--pause", "0.1", "--no-progress"])
+        .output()
+        .await
+        .expect("runs the binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(v["processes"], 4);
+    assert_eq!(v["connections_ok"], 40);
+    assert_eq!(v["steps"][0]["deliveries"], 200);
+    assert_eq!(v["lost"], 0);
+    gw.stop().await;
+}

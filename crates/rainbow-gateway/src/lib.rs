@@ -9,7 +9,10 @@
 //! - [`transport`]: the `/connect/` WebSocket endpoint and the per-connection
 //!   driver.
 //! - [`hub`]: connections, channels and delivery to them.
+//! - [`cluster`]: several nodes as one over Redis.
 //! - [`backend`]: the connect, forward and close hooks.
+//! - [`worker`]: workers that attach over a WebSocket and pull tasks (routed
+//!   instead of the hooks by the `[workers]` keys).
 //! - [`signature`], [`metrics`], [`state`]: shared pieces.
 //! - [`demo`]: `rainbow demo`, the chat room on an in-process backend.
 //!
@@ -19,6 +22,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod hub;
@@ -27,6 +31,7 @@ pub mod server;
 pub mod signature;
 pub mod state;
 pub mod transport;
+pub mod worker;
 
 pub use config::{Config, ConfigError, Settings};
 pub use server::{Server, ServerError};

@@ -102,6 +102,11 @@ pub const CONNECT_OUTCOMES: [&str; 5] = ["accepted", "denied", "backend_error", 
 /// Forward outcomes counted in `rainbow_forwards_total` (see `HookError::label`).
 pub const FORWARD_OUTCOMES: [&str; 6] = ["ok", "timeout", "unreachable", "http_error", "no_forward_url", "bad_url"];
 
+/// Kinds of cluster traffic counted in `rainbow_cluster_messages_total`:
+/// published to other nodes, received from them, and received messages that
+/// were dropped (queue full) or did not decode.
+pub const CLUSTER_MESSAGE_KINDS: [&str; 4] = ["sent", "received", "dropped", "malformed"];
+
 /// Counters for one qos level in one direction.
 #[derive(Clone, Debug, Default)]
 pub struct ByQos(pub [Counter; 3]);
@@ -128,6 +133,12 @@ pub struct Metrics {
     pub retransmits: Counter,
     /// Forwards waiting for a global forward slot.
     pub forwards_waiting: Gauge,
+    /// 1 while this node reaches the cluster's Redis, 0 otherwise (and when
+    /// not clustered).
+    pub cluster_up: Gauge,
+    cluster_messages: Family<Kind, Counter>,
+    /// The worker pool's metrics (`rainbow_worker*`).
+    pub workers: crate::worker::WorkerMetrics,
 }
 
 fn hook_histogram() -> Histogram {
@@ -162,6 +173,9 @@ impl Metrics {
             duplicates: Counter::default(),
             retransmits: Counter::default(),
             forwards_waiting: Gauge::default(),
+            cluster_up: Gauge::default(),
+            cluster_messages: Family::default(),
+            workers: Default::default(),
             registry: Registry::default(),
         };
         // Known label values start at 0 rather than absent, so rate() and
@@ -174,6 +188,9 @@ impl Metrics {
         }
         for outcome in FORWARD_OUTCOMES {
             let _ = m.forwards.get_or_create(&Outcome { outcome });
+        }
+        for kind in CLUSTER_MESSAGE_KINDS {
+            let _ = m.cluster_messages.get_or_create(&Kind { kind });
         }
         for hook in ["connect", "forward", "close"] {
             let _ = m.hook_latency.get_or_create(&Hook { hook });
@@ -189,6 +206,9 @@ impl Metrics {
         registry.register("qos2_duplicates", "qos-2 duplicates not processed again", m.duplicates.clone());
         registry.register("retransmits", "DUP retransmissions to clients", m.retransmits.clone());
         registry.register("forwards_waiting", "Forwards waiting for a global slot", m.forwards_waiting.clone());
+        registry.register("cluster_up", "1 while the cluster's Redis is reachable", m.cluster_up.clone());
+        registry.register("cluster_messages", "Messages between cluster nodes by kind", m.cluster_messages.clone());
+        m.workers.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -215,6 +235,11 @@ impl Metrics {
     /// Counts a malformed packet.
     pub fn protocol_error(&self, kind: &'static str) {
         self.protocol_errors.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// Counts a message between cluster nodes (see [`CLUSTER_MESSAGE_KINDS`]).
+    pub fn cluster_message(&self, kind: &'static str) {
+        self.cluster_messages.get_or_create(&Kind { kind }).inc();
     }
 
     /// Counts an API call.

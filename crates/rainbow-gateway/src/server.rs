@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -95,12 +96,19 @@ impl Server {
         let Server { gw, listener, extra } = self;
         info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
         let sweeper = tokio::spawn(sweep(gw.clone()));
+        let cluster = tokio::spawn(crate::cluster::run(gw.clone()));
         let mut app = api::router(gw.clone());
         if let Some(extra) = extra {
             app = app.merge(extra);
         }
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let stopping = gw.clone();
+        // TCP_NODELAY on every accepted socket: small replies (a REC, a COM)
+        // must not wait for the peer's delayed ACK (Nagle), which put a
+        // ~40 ms floor under qos-2 request/reply.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -109,11 +117,16 @@ impl Server {
             })
             .await;
         sweeper.abort();
+        cluster.abort();
+        if let Some(node) = gw.cluster.node() {
+            node.leave().await;
+        }
         gw.tasks.close();
         let timeout = gw.config().shutdown_timeout;
         if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
             warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
         }
+        gw.workers.shutdown();
         info!("stopped");
         served.map_err(ServerError::Serve)
     }

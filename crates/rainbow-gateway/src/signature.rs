@@ -14,7 +14,6 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
@@ -75,16 +74,7 @@ pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// The signature of `(timestamp, nonce)` under `token`.
-pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    let mut parts = [token, timestamp, nonce];
-    parts.sort_unstable();
-    let mut sha = Sha1::new();
-    for p in parts {
-        sha.update(p.as_bytes());
-    }
-    hex::encode(sha.finalize())
-}
+pub use rainbow_protocol::signature::signature;
 
 /// Signs a call made now.
 pub fn sign(token: &str) -> Signed {
@@ -189,6 +179,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha1::{Digest, Sha1};
 
     const REQ: RequestId<'static> = RequestId { method: "POST", path: "/send/", query: "q", body: b"{}" };
 

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::hub::{CloseOrder, Hub};
 use crate::metrics::Metrics;
@@ -28,12 +29,16 @@ pub struct Gateway {
     reloader: Option<Reloader>,
     /// Connections and channels.
     pub hub: Hub,
+    /// The cluster (empty when this node runs alone).
+    pub cluster: Cluster,
     /// Hook client.
     pub backend: Backend,
     /// Metrics.
     pub metrics: Metrics,
     /// API signature checks.
     pub verifier: Verifier,
+    /// Attached workers and the task queue.
+    pub workers: crate::worker::Pool,
     /// Gateway-wide forward slots (`max_inflight_forwards`).
     pub forward_slots: Semaphore,
     /// Connections admitted (handshaking or open), for `max_connections`.
@@ -54,10 +59,20 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// State for `config`; `reloader` serves `/updateconfig/`.
     pub fn new(config: Config, reloader: Option<Reloader>) -> Gateway {
+        let hub = Hub::new(config.max_channels_per_connection);
+        let cluster = Cluster::from_config(&config, hub.node_tag()).unwrap_or_else(|e| {
+            // The URL was validated with the config; if redis-rs still refuses
+            // it, run alone and say so loudly rather than not start.
+            tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
+            Cluster::alone()
+        });
+        let metrics = Metrics::new();
         Gateway {
-            hub: Hub::new(config.max_channels_per_connection),
+            hub,
+            cluster,
             backend: Backend::new(config.max_inflight_forwards),
-            metrics: Metrics::new(),
+            workers: crate::worker::Pool::new(metrics.workers.clone()),
+            metrics,
             verifier: Verifier::new(config.signature_window, config.replay_cache_size),
             forward_slots: Semaphore::new(config.max_inflight_forwards),
             admitted: AtomicUsize::new(0),
@@ -93,6 +108,9 @@ impl Gateway {
         }
         if new.max_channels_per_connection != old.max_channels_per_connection {
             restart.push("max_channels_per_connection");
+        }
+        if new.redis_url != old.redis_url || new.cluster_name != old.cluster_name {
+            restart.push("redis_url/cluster_name");
         }
         if new.signature_window != old.signature_window || new.replay_cache_size != old.replay_cache_size {
             restart.push("signature_window/replay_cache_size");

@@ -6,6 +6,9 @@
 //! - [`outbound`]: the sender of a SEND: id allocation, retransmission with
 //!   DUP, deadlines, the REL/COM tail.
 //! - [`inbound`]: the receiver of a SEND: the qos-2 dedup window.
+//! - [`envelope`]: header + body framing of the gateway's internal messages
+//!   (cluster nodes, workers).
+//! - [`signature`]: the spec §7 signature of hook and API calls.
 //!
 //! Nothing here touches a socket, a runtime or the clock: callers pass `now`
 //! and write the packets they are handed. The gateway and the Rust client are
@@ -13,9 +16,11 @@
 //! exercise them directly.
 #![warn(missing_docs)]
 
+pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod packet;
+pub mod signature;
 pub mod websocket;
 
 pub use inbound::{Disposition, Inbound, InboundConfig, WindowFull};

@@ -76,31 +76,75 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// `GET /serverinfo/`: this node as HTML, or as JSON with `?cluster=1`.
+/// This node's summary: what `/serverinfo/?cluster=1` lists per node, and
+/// what a clustered node publishes with its heartbeat. At most
+/// `max_channels` channels are listed (the largest); `channel_count` is exact.
+pub fn node_summary(gw: &Gateway, max_channels: usize) -> serde_json::Value {
+    let config = gw.config();
+    let stats = process_stats();
+    let uptime = gw.started.elapsed().as_secs_f64();
+    let cpu_percent = if uptime > 0.0 { stats.cpu_seconds / uptime * 100.0 } else { 0.0 };
+    let mut channels = gw.hub.channel_counts();
+    let channel_count = channels.len();
+    if channels.len() > max_channels {
+        channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        channels.truncate(max_channels);
+    }
+    json!({
+        "node": format!("{:08x}", gw.hub.node_tag()),
+        "host": hostname(),
+        "port": config.http_port,
+        "pid": std::process::id(),
+        "uptime_seconds": uptime.round(),
+        "cpu_seconds": stats.cpu_seconds,
+        "cpu_percent": (cpu_percent * 10.0).round() / 10.0,
+        "memory_bytes": stats.rss_bytes,
+        "connections": gw.hub.len(),
+        "channel_count": channel_count,
+        "channels": channels.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "workers": gw.workers.snapshot(std::time::Instant::now()).iter().map(|w| json!({
+            "name": &*w.name, "credits": w.credits, "in_flight": w.in_flight,
+            "draining": w.draining, "attached_seconds": w.attached_seconds,
+        })).collect::<Vec<_>>(),
+        "worker_tasks_queued": gw.workers.queued(),
+    })
+}
+
+/// The machine's host name (Linux), else empty.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// `GET /serverinfo/`: this node as HTML, or every node of the cluster as
+/// JSON with `?cluster=1`.
 pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     let query = query_pairs(&parts);
     let config = gw.config();
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let stats = process_stats();
+    let channels = gw.hub.channel_counts();
+    let workers = gw.workers.snapshot(std::time::Instant::now());
+    if param(&query, "cluster").is_some_and(|v| v != "0") {
+        let here = node_summary(&gw, usize::MAX);
+        let Some(node) = gw.cluster.node() else {
+            return answer(json!({"status": 0, "nodes": [here]}));
+        };
+        return match node.nodes().await {
+            Ok(mut nodes) => {
+                // This node's own entry is the live one, not its last heartbeat.
+                nodes.retain(|n| n["node"] != here["node"]);
+                nodes.insert(0, here);
+                answer(json!({"status": 0, "nodes": nodes}))
+            }
+            Err(e) => {
+                warn!(side = "broker", "serverinfo: {e}");
+                answer(json!({"status": 1, "msg": "cluster unavailable", "nodes": [here]}))
+            }
+        };
+    }
     let uptime = gw.started.elapsed().as_secs_f64();
     let cpu_percent = if uptime > 0.0 { stats.cpu_seconds / uptime * 100.0 } else { 0.0 };
-    let channels = gw.hub.channel_counts();
-    if param(&query, "cluster").is_some_and(|v| v != "0") {
-        let node = json!({
-            "host": host,
-            "port": config.http_port,
-            "pid": std::process::id(),
-            "uptime_seconds": uptime.round(),
-            "cpu_seconds": stats.cpu_seconds,
-            "cpu_percent": (cpu_percent * 10.0).round() / 10.0,
-            "memory_bytes": stats.rss_bytes,
-            "connections": gw.hub.len(),
-            "channel_count": channels.len(),
-            "channels": channels.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        });
-        return answer(json!({"status": 0, "nodes": [node]}));
-    }
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Rainbow server info</title>\
          <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}\
@@ -113,6 +157,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
         ("Memory (RSS)", format!("{:.1} MiB", stats.rss_bytes as f64 / 1048576.0)),
         ("Connections", gw.hub.len().to_string()),
         ("Channels", channels.len().to_string()),
+        ("Workers", format!("{} attached, {} tasks queued", workers.len(), gw.workers.queued())),
     ];
     for (k, v) in rows {
         let _ = write!(html, "<tr><th>{k}</th><td>{v}</td></tr>");
@@ -120,6 +165,20 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     html.push_str("</table><h2>Channels</h2><table><tr><th>Channel</th><th>Subscribers</th></tr>");
     for (channel, count) in &channels {
         let _ = write!(html, "<tr><td>{}</td><td>{count}</td></tr>", escape(channel));
+    }
+    html.push_str(
+        "</table><h2>Workers</h2><table><tr><th>Name</th><th>Credits</th><th>In flight</th><th>State</th></tr>",
+    );
+    for w in &workers {
+        let state = if w.draining { "draining" } else { "ready" };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{state}, {} s</td></tr>",
+            escape(&w.name),
+            w.credits,
+            w.in_flight,
+            w.attached_seconds
+        );
     }
     html.push_str("</table></body></html>");
     Html(html).into_response()

@@ -36,6 +36,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     // Each path with and without its trailing slash.
     for (path, route) in [
         ("/connect/", get(transport::connect)),
+        ("/worker/", get(crate::worker::session::endpoint)),
         ("/send/", post(push::send)),
         ("/sub/", post(push::sub)),
         ("/unsub/", post(push::unsub)),

@@ -60,6 +60,9 @@ pub enum HookError {
     /// The configured URL is not usable after substitution.
     #[error("config: bad hook URL {0:?}")]
     BadUrl(String),
+    /// The event was routed to workers, and no worker answered it.
+    #[error("{0}")]
+    Worker(crate::worker::Failure),
 }
 
 impl HookError {
@@ -67,6 +70,7 @@ impl HookError {
     pub fn side(&self) -> &'static str {
         match self {
             HookError::NoForwardUrl | HookError::BadUrl(_) => "config",
+            HookError::Worker(_) => "worker",
             _ => "backend",
         }
     }
@@ -79,6 +83,7 @@ impl HookError {
             HookError::Status(_) => "http_error",
             HookError::NoForwardUrl => "no_forward_url",
             HookError::BadUrl(_) => "bad_url",
+            HookError::Worker(f) => f.label(),
         }
     }
 }
@@ -92,7 +97,7 @@ pub struct Backend {
 /// Request headers a client sent that must not reach the backend: hop-by-hop
 /// and handshake headers (spec §3), and any `RAINBOW*` header, which only the
 /// gateway may set (a client must not forge an identity or a context).
-fn is_withheld(name: &str) -> bool {
+pub(crate) fn is_withheld(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(
         name.as_str(),

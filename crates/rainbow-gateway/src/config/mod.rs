@@ -43,7 +43,7 @@ macro_rules! keys {
 }
 
 /// The config-file sections, in the order the docs list them.
-pub const SECTIONS: &[&str] = &["main", "cluster"];
+pub const SECTIONS: &[&str] = &["main", "cluster", "workers"];
 
 keys! {
     ["main"] {
@@ -74,9 +74,16 @@ keys! {
     "shutdown_timeout" = "10s" : "On SIGTERM/SIGINT, how long to wait for close hooks before exiting.",
     }
     ["cluster"] {
-    "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS) the nodes of a cluster share; empty runs this node alone.",
+    "redis_url" = "" : "Redis or Valkey URL (`redis://[user:password@]host:port[/db]` or `unix:///path`) the nodes of a cluster share; empty runs this node alone.",
     "node_ttl" = "10s" : "A node that stops heartbeating leaves the cluster (and its connections the directory) after this long; heartbeats go every third of it.",
     "cluster_timeout" = "2s" : "How long a cluster operation waits for Redis before answering `cluster unavailable`.",
+    }
+    ["workers"] {
+    "worker_route" = "auto" : "Where routed events go: `webhook`, `workers`, or `auto` (workers while any is attached, else the webhook; a message with no `forward_url` waits for a worker).",
+    "worker_types" = "*" : "Message types routed by `worker_route`: `*` or a list like `1, 7, 100-199`; other types always go to `forward_url`.",
+    "worker_events" = "connect,message,close" : "Events routed by `worker_route` (`*` or a list of connect, message, close); the others always use their webhook.",
+    "worker_queue_size" = "10000" : "Tasks that may wait gateway-wide for a free worker; beyond it a qos-0 message is dropped (counted), a qos-1/2 message is left unanswered (the client retransmits), a connect gets 503.",
+    "worker_queue_timeout" = "10s" : "Longest wait in the queue for a free worker (never beyond the task's forward_timeout/hook_timeout); then the task fails as on a full queue.",
     }
 }
 
@@ -259,6 +266,16 @@ pub struct Config {
     pub node_ttl: Duration,
     /// How long a cluster operation waits for Redis.
     pub cluster_timeout: Duration,
+    /// Where routed events go.
+    pub worker_route: crate::worker::route::WorkerRoute,
+    /// Message types routed by `worker_route`.
+    pub worker_types: crate::worker::route::TypeSet,
+    /// Events routed by `worker_route`.
+    pub worker_events: crate::worker::route::EventSet,
+    /// Bound of the task queue, tasks.
+    pub worker_queue_size: usize,
+    /// Bound of a task's wait in the queue.
+    pub worker_queue_timeout: Duration,
 }
 
 /// Reads typed values out of [`Settings`], remembering the first error.
@@ -324,9 +341,14 @@ fn parse_redis_url(v: &str) -> Result<Option<reqwest::Url>, String> {
     }
     let url = reqwest::Url::parse(v).map_err(|e| format!("not a URL ({e}); expected redis://host:port/db"))?;
     match url.scheme() {
-        "redis" | "rediss" | "redis+unix" | "unix" => Ok(Some(url)),
-        other => Err(format!("expected a redis://, rediss:// or unix:// URL, got scheme {other:?}")),
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => return Err("TLS to Redis (rediss://) is not built in; use redis:// or a local TLS tunnel".into()),
+        other => return Err(format!("expected a redis:// or unix:// URL, got scheme {other:?}")),
     }
+    // Checked by redis-rs itself (without echoing the URL, which may hold a password).
+    redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| format!("redis-rs cannot use this URL ({:?})", e.kind()))?;
+    Ok(Some(url))
 }
 
 /// Parses `15`, `1.5`, `15s`, `500ms` or `2m` into a duration (bare numbers
@@ -423,6 +445,11 @@ impl Config {
                 _ => Err(format!("must be at least 3s (heartbeats go every third of it), got {v:?}")),
             })?,
             cluster_timeout: r.duration("cluster_timeout")?,
+            worker_route: r.parse("worker_route", str::parse)?,
+            worker_types: r.parse("worker_types", str::parse)?,
+            worker_events: r.parse("worker_events", str::parse)?,
+            worker_queue_size: r.count("worker_queue_size", 0)?,
+            worker_queue_timeout: r.duration("worker_queue_timeout")?,
         };
         Ok(config)
     }

@@ -1,4 +1,9 @@
-//! Connection identities: 32 random bytes, shown as 64 hex digits (spec §3).
+//! Connection identities: 32 bytes, shown as 64 hex digits (spec §3).
+//!
+//! The first 4 bytes are the tag of the node that holds the connection, the
+//! other 28 are random. The tag is the cluster's identity → node directory:
+//! any node routes an API call for an identity to its node without asking
+//! Redis (see `cluster`). 224 random bits keep identities unguessable.
 //!
 //! Stored as bytes, not a string, so each connection and each subscription
 //! spends 32 bytes on it; parsed back from hex when the API names one.
@@ -14,6 +19,18 @@ impl Identity {
     /// A fresh random identity (from the OS-seeded thread RNG).
     pub fn random() -> Identity {
         Identity(rand::random())
+    }
+
+    /// A fresh random identity of a connection held by node `tag`.
+    pub fn for_node(tag: u32) -> Identity {
+        let mut bytes: [u8; 32] = rand::random();
+        bytes[..4].copy_from_slice(&tag.to_be_bytes());
+        Identity(bytes)
+    }
+
+    /// The tag of the node holding this connection.
+    pub fn node_tag(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
     }
 }
 
@@ -60,5 +77,9 @@ mod tests {
         assert_eq!(text.parse::<Identity>().unwrap(), id);
         assert_eq!("xyz".parse::<Identity>(), Err(BadIdentity));
         assert_ne!(Identity::random(), id);
+        let tagged = Identity::for_node(0xdead_beef);
+        assert_eq!(tagged.node_tag(), 0xdead_beef);
+        assert!(tagged.to_string().starts_with("deadbeef"));
+        assert_eq!(tagged.to_string().parse::<Identity>().unwrap().node_tag(), 0xdead_beef);
     }
 }

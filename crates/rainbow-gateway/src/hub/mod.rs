@@ -10,9 +10,12 @@
 //! connection's own channel list. The hub knows nothing about sockets or HTTP:
 //! it queues [`Outgoing`] items on connections and the transport writes them.
 //!
-//! Everything here is local to one node. A cluster layer plugs in above it:
-//! it decides which nodes a `/send/` or `/sub/` must reach and calls these
-//! same methods on each node's hub.
+//! Everything here is local to one node. The cluster layer (`cluster`) sits
+//! above it: it decides which nodes a `/send/` or `/sub/` must reach and calls
+//! these same methods on each node's hub. For it the hub remembers which
+//! channels gained their first or lost their last local subscriber
+//! ([`Hub::take_changed_channels`]), so the node subscribes in Redis only to
+//! channels it has subscribers for.
 
 pub mod connection;
 pub mod delivery;
@@ -21,7 +24,8 @@ pub mod identity;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -99,6 +103,16 @@ pub struct Hub {
     connections: RwLock<HashSet<ById>>,
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     max_channels_per_connection: usize,
+    /// This node's tag, the first 4 bytes of every identity it mints.
+    node_tag: u32,
+    /// Whether to record channel changes (only when clustered).
+    track_channels: AtomicBool,
+    /// Channels that gained their first or lost their last subscriber since
+    /// the last [`Hub::take_changed_channels`]. Bounded by the number of
+    /// channel names in use.
+    changed: Mutex<HashSet<Arc<str>>>,
+    /// Wakes the cluster layer when `changed` gains an entry.
+    channels_changed: tokio::sync::Notify,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -109,10 +123,63 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Hub {
     /// An empty hub.
     pub fn new(max_channels_per_connection: usize) -> Hub {
-        Hub { connections: Default::default(), channels: Default::default(), max_channels_per_connection }
+        Hub {
+            connections: Default::default(),
+            channels: Default::default(),
+            max_channels_per_connection,
+            node_tag: rand::random(),
+            track_channels: AtomicBool::new(false),
+            changed: Default::default(),
+            channels_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// This node's tag (see [`Identity::for_node`]).
+    pub fn node_tag(&self) -> u32 {
+        self.node_tag
+    }
+
+    /// A new identity for a connection of this node.
+    pub fn mint_identity(&self) -> Identity {
+        Identity::for_node(self.node_tag)
+    }
+
+    /// Starts recording which channels appear and disappear, and returns the
+    /// channels that exist now.
+    pub fn track_channels(&self) -> Vec<Arc<str>> {
+        let channels = read(&self.channels);
+        self.track_channels.store(true, Ordering::Release);
+        channels.keys().cloned().collect()
+    }
+
+    /// Channels that gained their first or lost their last subscriber since
+    /// the last call (check [`Hub::has_channel`] for which).
+    pub fn take_changed_channels(&self) -> Vec<Arc<str>> {
+        lock(&self.changed).drain().collect()
+    }
+
+    /// Resolves when [`Hub::take_changed_channels`] has something new.
+    pub async fn channels_changed(&self) {
+        self.channels_changed.notified().await
+    }
+
+    /// Whether `channel` has local subscribers.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        read(&self.channels).contains_key(channel)
+    }
+
+    fn note_change(&self, channel: &Arc<str>) {
+        if self.track_channels.load(Ordering::Acquire) {
+            lock(&self.changed).insert(channel.clone());
+            self.channels_changed.notify_one();
+        }
     }
 
     /// Adds a connection.
@@ -129,6 +196,7 @@ impl Hub {
                 subs.remove(&conn.identity());
                 if subs.is_empty() {
                     channels.remove(&channel);
+                    self.note_change(&channel);
                 }
             }
         }
@@ -170,7 +238,11 @@ impl Hub {
         // Share one allocation of the name between the map and the list.
         let name = match channels.get_key_value(channel) {
             Some((name, _)) => name.clone(),
-            None => Arc::from(channel),
+            None => {
+                let name: Arc<str> = Arc::from(channel);
+                self.note_change(&name);
+                name
+            }
         };
         channels.entry(name.clone()).or_default().insert(conn.identity(), conn.clone());
         mine.push(name);
@@ -182,18 +254,7 @@ impl Hub {
         if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
             return Err(SubscribeError::InvalidChannel);
         }
-        {
-            let mut channels = write(&self.channels);
-            if let Some(subs) = channels.get_mut(channel) {
-                subs.retain(|identity, other| {
-                    if *identity == conn.identity() {
-                        return true;
-                    }
-                    other.channels().retain(|c| &**c != channel);
-                    false
-                });
-            }
-        }
+        self.evict(channel, Some(conn.identity()));
         self.subscribe(conn, channel)
     }
 
@@ -203,10 +264,34 @@ impl Hub {
         conn.channels().retain(|c| &**c != channel);
         if let Some(subs) = channels.get_mut(channel) {
             subs.remove(&conn.identity());
-            if subs.is_empty() {
-                channels.remove(channel);
+            if subs.is_empty()
+                && let Some((name, _)) = channels.remove_entry(channel)
+            {
+                self.note_change(&name);
             }
         }
+    }
+
+    /// Removes every local subscriber of `channel` except `keep` (the rest of
+    /// a cluster-wide occupy). Returns how many were removed.
+    pub fn evict(&self, channel: &str, keep: Option<Identity>) -> usize {
+        let mut channels = write(&self.channels);
+        let Some(subs) = channels.get_mut(channel) else { return 0 };
+        let before = subs.len();
+        subs.retain(|identity, other| {
+            if Some(*identity) == keep {
+                return true;
+            }
+            other.channels().retain(|c| &**c != channel);
+            false
+        });
+        let removed = before - subs.len();
+        if subs.is_empty()
+            && let Some((name, _)) = channels.remove_entry(channel)
+        {
+            self.note_change(&name);
+        }
+        removed
     }
 
     /// The subscribers of a channel (a snapshot).

@@ -107,8 +107,7 @@ pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
     }
     conn.forwards().queue.clear();
     info!(identity = %conn.identity(), peer = %conn.peer(), reason = reason.label(), "disconnected");
-    let config = gw.config();
-    gw.backend.close(&config, &gw.metrics, conn.identity(), conn.cookie().as_deref()).await;
+    crate::worker::route::close(gw, conn).await;
 }
 
 /// A token bucket: `rate` messages per second, bursts of twice that.

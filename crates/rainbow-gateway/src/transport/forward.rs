@@ -71,10 +71,7 @@ async fn forward_one(gw: &Gateway, conn: &Arc<Connection>, send: Send) {
     };
     let config = gw.config();
     let cookie = conn.cookie();
-    let result = gw
-        .backend
-        .forward(&config, &gw.metrics, conn.identity(), cookie.as_deref(), send.message_type, send.payload)
-        .await;
+    let result = crate::worker::route::forward(gw, &config, conn.identity(), cookie.as_deref(), &send).await;
     drop(permit);
     let reply = match result {
         Ok((body, control)) => {

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, info, warn};
 
 use crate::backend::ConnectDecision;
-use crate::hub::{Connection, Identity, coarse_now};
+use crate::hub::{Connection, coarse_now};
 use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
 
@@ -121,8 +121,8 @@ pub async fn connect(
         warn!(%peer, max = config.max_connections, "connection refused: gateway at max_connections");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is at its connection limit; retry later\n");
     };
-    let identity = Identity::random();
-    let control = match gw.backend.connect(&config, &gw.metrics, identity, &query, headers).await {
+    let identity = gw.hub.mint_identity();
+    let control = match crate::worker::route::connect(&gw, &config, identity, peer, &query, headers).await {
         ConnectDecision::Accept(control) => control,
         ConnectDecision::Deny => {
             gw.metrics.connect("denied");
@@ -131,7 +131,7 @@ pub async fn connect(
         }
         ConnectDecision::Unavailable(cause) => {
             gw.metrics.connect("backend_error");
-            warn!(%identity, %peer, side = "backend", %cause, "connect hook failed; refusing with 503");
+            warn!(%identity, %peer, side = cause.side(), %cause, "connect hook failed; refusing with 503");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable; retry later\n");
         }
     };
@@ -139,6 +139,7 @@ pub async fn connect(
     let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
     let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
     driver::register(&gw, &conn, &control);
+    crate::cluster::subscribe_now(&gw, &control.subscribe).await;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let upgrade = Box::new(Upgrade { on_upgrade, peer, device_id, os, max_message: config.max_message_size });
     gw.tasks.spawn(serve(gw.clone(), conn, admission, upgrade));
@@ -226,7 +227,7 @@ mod tests {
         let settings = crate::Settings::from_pairs([("security_token", "t")]);
         let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let conn = Arc::new(Connection::new(Identity::random(), peer, None, 8, coarse_now()));
+        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
         let mut request = Request::new(Body::empty());
         let on_upgrade = hyper::upgrade::on(&mut request);
         let upgrade = Box::new(Upgrade { on_upgrade, peer, device_id: "d".into(), os: "o".into(), max_message: 1024 });

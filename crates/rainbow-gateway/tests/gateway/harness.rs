@@ -244,10 +244,7 @@ impl TestGateway {
 
     /// A signed API call; returns the HTTP status and the JSON answer.
     pub async fn api(&self, path: &str, query: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let signed = sign(TOKEN);
-        let mut pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        pairs.extend(signed.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
-        self.raw_api(path, &pairs, body).await
+        api_at(&self.http(""), path, query, body).await
     }
 
     /// An API call with exactly these query pairs.
@@ -257,17 +254,7 @@ impl TestGateway {
         pairs: &[(String, String)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, Value) {
-        let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
-        let response = reqwest::Client::new()
-            .post(format!("{}?{query}", self.http(path)))
-            .body(body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body = response.bytes().await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        raw_api_at(&self.http(""), path, pairs, body).await
     }
 
     /// A metric's value (sum over series whose line contains `pattern`).
@@ -299,6 +286,34 @@ impl TestGateway {
         }
         tokio::time::timeout(Duration::from_secs(20), &mut self.handle).await.unwrap().unwrap().unwrap();
     }
+}
+
+/// A signed API call to the gateway at `base` (`http://host:port`).
+pub async fn api_at(base: &str, path: &str, query: &[(&str, &str)], body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let signed = sign(TOKEN);
+    let mut pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    pairs.extend(signed.pairs().into_iter().map(|(k, v)| (k.to_string(), v)));
+    raw_api_at(base, path, &pairs, body).await
+}
+
+/// An API call with exactly these query pairs to the gateway at `base`.
+pub async fn raw_api_at(
+    base: &str,
+    path: &str,
+    pairs: &[(String, String)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}?{query}"))
+        .body(body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 pub type RawWs = WebSocketStream<MaybeTlsStream<TcpStream>>;

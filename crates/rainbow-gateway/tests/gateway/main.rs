@@ -3,9 +3,13 @@
 
 mod harness;
 
+mod cluster;
 mod connect;
 mod demo;
 mod forward;
 mod lifecycle;
 mod limits;
 mod push;
+mod worker_crash;
+mod worker_harness;
+mod workers;

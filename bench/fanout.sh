@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Fan-out: Rainbow vs nginx+Nchan vs Pushpin, one after the other in the same
+# run, on the same machine, with the same load generator.
+#
+#   N=19000 bench/fanout.sh > fanout.jsonl      # JSON lines on stdout, table on stderr
+#
+# For each server: N subscribers on one channel, then
+#   1. saturation: offered deliveries/s from START, x FACTOR per step of
+#      STEP_SECS seconds, until a step lags (see `rainbow-bench fanout --help`);
+#   2. latency: a fresh set of N subscribers at FIXED offered deliveries/s for
+#      FIXED_SECS seconds.
+# Each server runs alone (started before its runs, stopped after).
+#
+# Environment: N (19000), TARGETS ("rainbow nchan pushpin"), START (50000),
+# FACTOR (1.4), MAX_STEPS (12), STEP_SECS (10), FIXED (100000), FIXED_SECS (20),
+# QOS (0), PAYLOAD (64 bytes), RATE (subscriber connections per second, 2000),
+# LAG_MS (500), RAINBOW_BIN / BENCH_BIN (binaries; default target/release,
+# built if missing), NGINX_WORKERS (default: cores). Needs bench/install-peers.sh
+# for the peers; a peer that is not installed is reported as skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+N=${N:-19000}
+TARGETS=${TARGETS:-rainbow nchan pushpin}
+START=${START:-50000}
+FACTOR=${FACTOR:-1.4}
+MAX_STEPS=${MAX_STEPS:-12}
+STEP_SECS=${STEP_SECS:-10}
+FIXED=${FIXED:-100000}
+FIXED_SECS=${FIXED_SECS:-20}
+QOS=${QOS:-0}
+PAYLOAD=${PAYLOAD:-64}
+RATE=${RATE:-2000}
+LAG_MS=${LAG_MS:-500}
+
+ensure_release
+start_backend
+results="$BENCH_TMP/fanout.jsonl"
+: >"$results"
+
+# run_fanout TARGET URL PIDS MODE [extra args]: one rainbow-bench fanout run,
+# its JSON line (tagged with the mode and the machine's busy figure before it)
+# to stdout and the results file.
+run_fanout() {
+  local target=$1 url=$2 pids=$3 mode=$4
+  shift 4
+  wait_quiet
+  local busy=$MACHINE_BUSY
+  # shellcheck disable=SC2046 # word splitting of the --pid list is intended
+  local line
+  if ! line=$("$BENCH_BIN" fanout --target "$target" --url "$url" -n "$N" --rate "$RATE" \
+    --qos "$QOS" --payload-size "$PAYLOAD" --lag-ms "$LAG_MS" $(pid_args $pids) --no-progress "$@"); then
+    line=$(tag_json '{"bench":"fanout"}' "target=$target" "error=run failed (see stderr)")
+  fi
+  line=$(tag_json "$line" "mode=$mode" "machine_busy_before=$busy" "date=$(date -u +%FT%TZ)")
+  echo "$line" | tee -a "$results"
+}
+
+measure() {
+  local target=$1 url=$2 pids=$3
+  shift 3
+  run_fanout "$target" "$url" "$pids" saturation --find-saturation --deliveries-per-sec "$START" \
+    --step-factor "$FACTOR" --max-steps "$MAX_STEPS" --duration "$STEP_SECS" "$@"
+  run_fanout "$target" "$url" "$pids" fixed --deliveries-per-sec "$FIXED" --duration "$FIXED_SECS" "$@"
+}
+
+for target in $TARGETS; do
+  case $target in
+    rainbow)
+      start_gateway "$(dirname "$RAINBOW")" --set "connect_url=$BE_URL/connect/"
+      measure rainbow "$GW_URL" "$GW_PID"
+      stop_gateway
+      ;;
+    nchan)
+      if start_nchan; then
+        measure nchan "ws://127.0.0.1:$NCHAN_PORT/sub/{channel}" "$NCHAN_PIDS"
+        stop_nchan
+      else
+        tag_json '{"bench":"fanout"}' target=nchan "error=nginx+nchan could not be started" | tee -a "$results"
+      fi
+      ;;
+    pushpin)
+      if start_pushpin; then
+        measure pushpin "ws://127.0.0.1:$PUSHPIN_PORT/{channel}" "$PUSHPIN_PIDS" --publish-url "$PUSHPIN_PUBLISH"
+        stop_pushpin
+      else
+        tag_json '{"bench":"fanout"}' target=pushpin "error=pushpin could not be started" | tee -a "$results"
+      fi
+      ;;
+    *)
+      echo "unknown target $target" >&2
+      exit 2
+      ;;
+  esac
+done
+
+python3 bench/table.py "$results" >&2
