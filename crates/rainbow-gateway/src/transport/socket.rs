@@ -27,6 +27,11 @@ use tokio::net::TcpStream;
 /// in `input` while a frame is incomplete).
 const READ_CHUNK: usize = 4096;
 
+/// Queued output above which pings go unanswered: a client that sends pings
+/// but does not read cannot make the gateway buffer pongs without bound (RFC
+/// 6455 §5.5.3 allows answering only the latest ping; tungstenite kept one).
+const PONG_LIMIT: usize = 16 * 1024;
+
 /// What the socket hands the driver: a message, or the error that ends the
 /// stream of messages.
 pub type Incoming = Result<Message, FrameError>;
@@ -215,7 +220,8 @@ impl Socket {
     /// close frame.
     fn answer(&mut self, message: &Message) {
         match message {
-            Message::Ping(payload) => self.queue(OpCode::Pong, payload),
+            Message::Ping(payload) if self.queued() < PONG_LIMIT => self.queue(OpCode::Pong, payload),
+            Message::Ping(_) => {}
             Message::Close(Some((code, reason))) => self.queue_close(*code, reason),
             Message::Close(None) => self.queue(OpCode::Close, &[]),
             Message::Data { .. } | Message::Pong(_) => {}
@@ -359,6 +365,17 @@ mod tests {
         let mut answer = [0u8; 11];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"\x8a\x02p1\x88\x05\x03\xe8bye");
+    }
+
+    #[tokio::test]
+    async fn pongs_for_a_client_that_does_not_read_are_bounded() {
+        let (mut socket, mut client) = pair(1024).await;
+        let ping = masked(true, OpCode::Ping, &[7; 125]);
+        let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+        client.write_all(&flood).await.unwrap();
+        // Nothing is flushed here, as when the client's receive window is full.
+        receive(&mut socket, 1000).await;
+        assert!(socket.queued() < PONG_LIMIT + 2 + 125, "{} bytes of pongs queued", socket.queued());
     }
 
     #[tokio::test]
