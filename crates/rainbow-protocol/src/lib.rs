@@ -2,6 +2,7 @@
 //! machines, both directions.
 //!
 //! - [`packet`]: bytes ⇄ [`Packet`] (spec §2), with typed [`DecodeError`]s.
+//! - [`websocket`]: WebSocket framing, server side (RFC 6455 §5).
 //! - [`outbound`]: the sender of a SEND: id allocation, retransmission with
 //!   DUP, deadlines, the REL/COM tail.
 //! - [`inbound`]: the receiver of a SEND: the qos-2 dedup window.
@@ -20,6 +21,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod packet;
 pub mod signature;
+pub mod websocket;
 
 pub use inbound::{Disposition, Inbound, InboundConfig, WindowFull};
 pub use outbound::{Answered, InFlightFull, MAX_MESSAGE_ID, Outbound, OutboundConfig, Timeout};

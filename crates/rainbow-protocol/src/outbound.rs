@@ -99,6 +99,20 @@ impl<T> Outbound<T> {
         Outbound { config, last_id: 0, in_flight: HashMap::new() }
     }
 
+    /// A sender whose ids continue after `last_id` (from
+    /// [`Outbound::last_id`] of an earlier one): a driver that drops its idle
+    /// state does not reuse an id soon after a peer may have last seen it.
+    pub fn continuing(config: OutboundConfig, last_id: u16) -> Self {
+        let mut outbound = Outbound::new(config);
+        outbound.last_id = last_id.min(MAX_MESSAGE_ID);
+        outbound
+    }
+
+    /// The last id allocated (0 before the first).
+    pub fn last_id(&self) -> u16 {
+        self.last_id
+    }
+
     /// How many ids are in use (awaiting a reply or a COM).
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -349,6 +363,20 @@ mod tests {
         // Id 1 is still in flight, so the wrap skips it.
         let id = id_of(&out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), far, ()).unwrap());
         assert_eq!(id, 2);
+    }
+
+    #[test]
+    fn a_continuing_sender_picks_up_the_id_sequence() {
+        let t0 = Instant::now();
+        let far = t0 + secs(1000);
+        let mut out = Outbound::new(OutboundConfig::default());
+        assert_eq!(out.last_id(), 0);
+        let id = id_of(&out.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), far, ()).unwrap());
+        out.on_ack(id, Bytes::new()).unwrap();
+        let mut next = Outbound::continuing(OutboundConfig::default(), out.last_id());
+        assert_eq!(id_of(&next.send(t0, 1, Qos::ExactlyOnce, Bytes::new(), far, ()).unwrap()), 2);
+        let mut wrapped = Outbound::continuing(OutboundConfig::default(), MAX_MESSAGE_ID);
+        assert_eq!(id_of(&wrapped.send(t0, 1, Qos::AtLeastOnce, Bytes::new(), far, ()).unwrap()), 1);
     }
 
     #[test]

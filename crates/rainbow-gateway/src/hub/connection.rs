@@ -4,21 +4,25 @@
 //! identity, the context (cookie), the channel list, the bounded outbox of
 //! things to write to the client, the forward queue, and liveness stamps. It
 //! owns no socket: the WebSocket driver in `transport` owns that, and is woken
-//! through [`Connection::notified`] whenever the outbox changes or the
+//! through [`Connection::poll_woken`] whenever the outbox changes or the
 //! connection is told to close.
 //!
 //! Idle cost is the point of this layout: every queue is an empty `VecDeque`
-//! (no allocation) until used, and no timer exists per connection.
+//! (no allocation) until used, no timer exists per connection, and rarely
+//! used parts (a close order) are boxed. The whole struct is one allocation
+//! per connection (280 bytes with the `Arc` counts; see
+//! `a_connection_stays_small`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use rainbow_protocol::{Qos, Send};
-use tokio::sync::Notify;
 
 use super::delivery::Publication;
 use super::identity::Identity;
@@ -97,7 +101,8 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Outgoing>,
-    close: Option<CloseOrder>,
+    /// Boxed: rare, and 32 bytes inline.
+    close: Option<Box<CloseOrder>>,
     /// The driver has exited; nothing will be written any more.
     finished: bool,
 }
@@ -116,12 +121,16 @@ pub struct ForwardQueue {
 pub struct Connection {
     identity: Identity,
     peer: SocketAddr,
-    capacity: usize,
+    /// The outbox bound (`u32` packs with the stamps below).
+    capacity: u32,
     cookie: Mutex<Option<Arc<str>>>,
     channels: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
     forwards: Mutex<ForwardQueue>,
-    wake: Notify,
+    /// The driver's waker, and whether it was woken since it last looked:
+    /// one waiter only, so no waiter list (and no wait future in the driver).
+    waker: AtomicWaker,
+    woken: AtomicBool,
     /// Coarse clock second of the last frame from the client.
     last_seen: AtomicU32,
     /// Coarse clock second a ping was sent, 0 when none is outstanding.
@@ -147,12 +156,13 @@ impl Connection {
         Connection {
             identity,
             peer,
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             cookie: Mutex::new(cookie),
             channels: Mutex::new(Vec::new()),
             outbox: Mutex::new(Outbox::default()),
             forwards: Mutex::new(ForwardQueue::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             last_seen: AtomicU32::new(now),
             ping_sent: AtomicU32::new(0),
         }
@@ -161,6 +171,11 @@ impl Connection {
     /// The identity.
     pub fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// The identity, by reference (for the hub's identity map).
+    pub(super) fn identity_ref(&self) -> &Identity {
+        &self.identity
     }
 
     /// The client's address.
@@ -197,15 +212,15 @@ impl Connection {
         if outbox.close.is_some() || outbox.finished {
             return Err(PushError::Closed);
         }
-        if outbox.queue.len() >= self.capacity {
-            outbox.close = Some(CloseOrder::SLOW_CONSUMER);
+        if outbox.queue.len() >= self.capacity as usize {
+            outbox.close = Some(Box::new(CloseOrder::SLOW_CONSUMER));
             drop(outbox);
-            self.wake.notify_one();
+            self.wake();
             return Err(PushError::Full);
         }
         outbox.queue.push_back(item);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
         Ok(())
     }
 
@@ -218,22 +233,28 @@ impl Connection {
         }
         outbox.queue.push_back(item);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Orders the connection closed. The first order wins.
     pub fn close(&self, order: CloseOrder) {
         let mut outbox = lock(&self.outbox);
         if outbox.close.is_none() && !outbox.finished {
-            outbox.close = Some(order);
+            outbox.close = Some(Box::new(order));
         }
         drop(outbox);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// The pending close order, if any.
     pub fn close_order(&self) -> Option<CloseOrder> {
-        lock(&self.outbox).close.clone()
+        lock(&self.outbox).close.as_deref().cloned()
+    }
+
+    /// Whether a close was ordered or the connection has finished.
+    pub fn is_closing(&self) -> bool {
+        let outbox = lock(&self.outbox);
+        outbox.close.is_some() || outbox.finished
     }
 
     /// Takes the next item to write.
@@ -258,15 +279,26 @@ impl Connection {
         std::mem::take(&mut outbox.queue)
     }
 
-    /// Resolves when the outbox changed or a close was ordered. A wake-up
-    /// sent while nobody waited is kept, so none is lost.
+    /// Ready when the outbox changed or a close was ordered since the last
+    /// time it was ready. A wake-up sent while nobody waited is kept, so none
+    /// is lost. Only the connection's driver may poll it (one waker).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// Resolves as [`Connection::poll_woken`] does.
     pub async fn notified(&self) {
-        self.wake.notified().await
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await
     }
 
     /// Wakes the driver (for example when the forward queue drained).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// The forward queue.
@@ -294,5 +326,16 @@ impl Connection {
             self.ping_sent.store(now.max(1), Ordering::Relaxed);
             self.push_reply(Outgoing::Ping);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of these per connection: 264 bytes, plus 16 of `Arc` counts.
+    #[test]
+    fn a_connection_stays_small() {
+        assert!(std::mem::size_of::<Connection>() <= 264, "{}", std::mem::size_of::<Connection>());
     }
 }

@@ -21,7 +21,9 @@ pub mod connection;
 pub mod delivery;
 pub mod identity;
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -58,6 +60,34 @@ pub enum SubscribeError {
 
 type Subscribers = HashMap<Identity, Arc<Connection>>;
 
+/// A connection in the identity map, hashed and compared by its identity: the
+/// map holds one pointer per connection rather than a copy of the 32-byte
+/// identity beside it (9 instead of 41 bytes a slot, measured in
+/// docs/PERFORMANCE.md).
+#[derive(Debug)]
+struct ById(Arc<Connection>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &ById) -> bool {
+        self.0.identity() == other.0.identity()
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `Identity` hashes, which `Borrow` requires.
+        self.0.identity_ref().hash(state)
+    }
+}
+
+impl Borrow<Identity> for ById {
+    fn borrow(&self) -> &Identity {
+        self.0.identity_ref()
+    }
+}
+
 /// The result of delivering a `/send/` on this node.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivered {
@@ -70,7 +100,7 @@ pub enum Delivered {
 /// Connections and channels of one node.
 #[derive(Debug)]
 pub struct Hub {
-    connections: RwLock<HashMap<Identity, Arc<Connection>>>,
+    connections: RwLock<HashSet<ById>>,
     channels: RwLock<HashMap<Arc<str>, Subscribers>>,
     max_channels_per_connection: usize,
     /// This node's tag, the first 4 bytes of every identity it mints.
@@ -154,7 +184,7 @@ impl Hub {
 
     /// Adds a connection.
     pub fn register(&self, conn: Arc<Connection>) {
-        write(&self.connections).insert(conn.identity(), conn);
+        write(&self.connections).replace(ById(conn));
     }
 
     /// Removes a connection and all of its subscriptions.
@@ -174,7 +204,7 @@ impl Hub {
 
     /// The connection with this identity.
     pub fn get(&self, identity: &Identity) -> Option<Arc<Connection>> {
-        read(&self.connections).get(identity).cloned()
+        read(&self.connections).get(identity).map(|c| c.0.clone())
     }
 
     /// Open connections.
@@ -189,7 +219,7 @@ impl Hub {
 
     /// Every connection (a snapshot).
     pub fn connections(&self) -> Vec<Arc<Connection>> {
-        read(&self.connections).values().cloned().collect()
+        read(&self.connections).iter().map(|c| c.0.clone()).collect()
     }
 
     /// Subscribes `conn` to `channel` (idempotent).
@@ -317,7 +347,7 @@ impl Hub {
 
     /// Orders every connection closed.
     pub fn close_all(&self, order: CloseOrder) {
-        for conn in read(&self.connections).values() {
+        for ById(conn) in read(&self.connections).iter() {
             conn.close(order.clone());
         }
     }
@@ -327,7 +357,7 @@ impl Hub {
     pub fn sweep(&self, now: u32, ping_after: Duration, pong_within: Duration) {
         let ping_after = ping_after.as_secs().max(1) as u32;
         let pong_within = pong_within.as_secs().max(1) as u32;
-        for conn in read(&self.connections).values() {
+        for ById(conn) in read(&self.connections).iter() {
             conn.check_liveness(now, ping_after, pong_within);
         }
     }

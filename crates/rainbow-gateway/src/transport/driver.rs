@@ -1,47 +1,49 @@
 //! The task that owns one client's WebSocket.
 //!
-//! One task per connection, one loop. Each turn it waits for whichever comes
-//! first: the connection's wake-up (new outbox items or a close order), room
-//! to write, a frame from the client, or the retransmit timer. The timer
-//! exists only while qos 1/2 messages await answers; liveness pings come from
-//! the hub's shared sweeper, not from here.
+//! One task per connection, one loop ([`Driver::poll_run`]). Each turn it
+//! takes whichever comes first: the connection's wake-up (new outbox items or
+//! a close order), the socket (written out, or data to read), the retransmit
+//! timer, or items to write. The timer exists only while qos 1/2 messages
+//! await answers; liveness pings come from the hub's shared sweeper, not from
+//! here.
 //!
 //! The QoS state lives in the task as plain values (`Outbound` for our SENDs,
-//! `Inbound` for the client's), so no lock guards it. What other tasks need to
-//! reach (outbox, forward queue, cookie, channels) is in [`Connection`].
+//! `Inbound` for the client's), so no lock guards it, and only while qos 1/2
+//! exchanges are under way. What other tasks need to reach (outbox, forward
+//! queue, cookie, channels) is in [`Connection`].
+//!
+//! Idle cost: the task's future is the connection's largest allocation, so
+//! it is kept small (see `the_connection_task_stays_small`): the loop is one
+//! hand-written poll over state stored once, and what is needed only at the
+//! end (the close grace timer, the close hook's HTTP request) is boxed then.
 //!
 //! Backpressure: while the connection's forward queue is full the task stops
 //! reading the socket, so a client that outruns its backend is slowed by TCP
 //! rather than buffered without bound. A client that does not read is closed
 //! with 1008 once its outbox fills (see `Connection::push`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures_util::future::poll_fn;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use rainbow_protocol::websocket::{FrameError, Message, OpCode};
 use rainbow_protocol::{Disposition, Inbound, InboundConfig, Outbound, OutboundConfig, Packet, Timeout};
 use tokio::time::Sleep;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
-use super::Admission;
 use super::forward;
+use super::socket::{Incoming, Io, Read, Socket};
 use crate::backend::Control;
 use crate::hub::{CloseOrder, Connection, Outgoing, Publication, coarse_now};
 use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
-type Sink = SplitSink<Ws, Message>;
+/// Queued output above which the driver stops taking items from the outbox
+/// until the socket has taken some (the outbox then bounds what waits).
+const WRITE_HIGH: usize = 8 * 1024;
 
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -59,11 +61,37 @@ pub fn register(gw: &Gateway, conn: &Arc<Connection>, control: &Control) {
     }
 }
 
-/// Runs a registered connection until it ends, then [`finish`]es it.
-pub async fn run(gw: Arc<Gateway>, ws: Ws, conn: Arc<Connection>, admission: Admission) {
-    let reason = Driver::new(&gw, &conn).run(ws).await;
-    finish(&gw, &conn, reason).await;
-    drop(admission);
+/// Drives a registered connection's socket until the connection ends, and
+/// says why. The caller then [`finish`]es the connection.
+///
+/// Not an `async fn`: that would store its arguments twice (as arguments and
+/// as the body's locals), and the socket is much of the task's size.
+pub fn drive<'a>(
+    gw: &'a Arc<Gateway>,
+    conn: &'a Arc<Connection>,
+    socket: Socket,
+) -> impl Future<Output = DisconnectReason> + Send + 'a {
+    let mut driver = Driver { socket, timer: None, state: State::new(gw, conn) };
+    async move {
+        let (reason, flush) = match poll_fn(|cx| driver.poll_run(cx)).await {
+            Ending::Ordered(order) => {
+                driver.socket.queue_close(order.code, &order.reason);
+                (order.why, true)
+            }
+            Ending::Ended(reason) => (reason, reason == DisconnectReason::Client),
+        };
+        // Our close frame, or the echo of the client's: let it go out to
+        // complete the closing handshake. Boxed: the timer is needed only now.
+        if flush && driver.socket.queued() > 0 {
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, driver.socket.flush())).await;
+        }
+        if let Some(qos) = driver.state.qos.as_mut() {
+            for publication in qos.outbound.drain() {
+                publication.tracker.failed();
+            }
+        }
+        reason
+    }
 }
 
 /// Forgets a connection: out of the hub and its channels, undelivered
@@ -83,22 +111,24 @@ pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
 }
 
 /// A token bucket: `rate` messages per second, bursts of twice that.
+/// (`f32` is precise enough for token counts and keeps it to 24 bytes of
+/// every connection's task.)
 struct RateLimit {
-    rate: f64,
-    tokens: f64,
+    rate: f32,
+    tokens: f32,
     last: Instant,
 }
 
 impl RateLimit {
     fn new(rate: u32) -> RateLimit {
-        RateLimit { rate: rate as f64, tokens: rate as f64 * 2.0, last: Instant::now() }
+        RateLimit { rate: rate as f32, tokens: rate as f32 * 2.0, last: Instant::now() }
     }
 
     fn allow(&mut self, now: Instant) -> bool {
         if self.rate == 0.0 {
             return true;
         }
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        let refill = now.saturating_duration_since(self.last).as_secs_f32() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate * 2.0);
         self.last = now;
         if self.tokens >= 1.0 {
@@ -110,16 +140,63 @@ impl RateLimit {
     }
 }
 
+/// The QoS state machines, allocated while qos 1/2 exchanges are under way
+/// (an idle connection holds none).
+struct Qos {
+    /// Our SENDs to the client.
+    outbound: Outbound<Arc<Publication>>,
+    /// The client's SENDs.
+    inbound: Inbound,
+}
+
+impl Qos {
+    fn new(gw: &Gateway, last_id: u16) -> Box<Qos> {
+        let config = gw.config();
+        let outbound = OutboundConfig {
+            retransmit_interval: config.retransmit_interval,
+            max_in_flight: config.max_in_flight,
+            release_lifetime: config.retransmit_interval * 3,
+        };
+        Box::new(Qos {
+            outbound: Outbound::continuing(outbound, last_id),
+            inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
+        })
+    }
+
+    /// Nothing in flight either way: the state can go.
+    fn is_idle(&self) -> bool {
+        self.outbound.in_flight() == 0 && self.inbound.unreleased() == 0
+    }
+}
+
+/// The connection task's state: the socket, the retransmit timer and the
+/// rest, apart so that handlers of the socket's messages can borrow `state`
+/// while the socket is read.
 struct Driver<'a> {
+    socket: Socket,
+    /// Alive only while qos 1/2 messages are in flight.
+    timer: Option<Pin<Box<Sleep>>>,
+    state: State<'a>,
+}
+
+/// How the loop ended.
+enum Ending {
+    /// A close was ordered: send it.
+    Ordered(CloseOrder),
+    /// The connection is over (the client closed, or the socket failed).
+    Ended(DisconnectReason),
+}
+
+struct State<'a> {
     gw: &'a Arc<Gateway>,
     conn: &'a Arc<Connection>,
-    outbound: Outbound<Arc<Publication>>,
-    inbound: Inbound,
+    qos: Option<Box<Qos>>,
+    /// The last message id of a dropped `Qos`, where the next one continues.
+    last_id: u16,
     rate: RateLimit,
-    max_pending_forwards: usize,
-    forward_concurrency: usize,
-    /// Written but not yet flushed to the socket.
-    unflushed: bool,
+    /// `u32`, not `usize`: this struct is in every connection's task.
+    max_pending_forwards: u32,
+    forward_concurrency: u32,
     /// The next outbox item is a qos 1/2 SEND and `max_in_flight` is reached.
     stalled: bool,
 }
@@ -130,165 +207,188 @@ enum Turn {
     End(DisconnectReason),
 }
 
-impl<'a> Driver<'a> {
-    fn new(gw: &'a Arc<Gateway>, conn: &'a Arc<Connection>) -> Driver<'a> {
+impl Driver<'_> {
+    /// Runs turns until the connection must end, or nothing is ready.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        loop {
+            let state = &mut self.state;
+            if let Some(order) = state.conn.close_order() {
+                return Poll::Ready(Ending::Ordered(order));
+            }
+            if state.qos.as_ref().is_some_and(|q| q.is_idle()) {
+                state.last_id = state.qos.take().map_or(0, |q| q.outbound.last_id());
+            }
+            let deadline = state.qos.as_ref().and_then(|q| q.outbound.next_deadline());
+            match (deadline, self.timer.as_mut()) {
+                (None, _) => self.timer = None,
+                (Some(at), Some(t)) => t.as_mut().reset(at.into()),
+                (Some(at), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
+            }
+            let reading = state.may_read();
+            let socket = &mut self.socket;
+            let turn = if reading && socket.has_backlog() {
+                // Frames read before reading paused come first.
+                let mut end = None;
+                socket.resume(&mut |incoming| state.on_incoming(incoming, &mut end));
+                end.map_or(Turn::Continue, Turn::End)
+            } else if state.conn.poll_woken(cx).is_ready() {
+                // Outbox items or a close order: the next turn sees them.
+                Turn::Continue
+            } else if let Poll::Ready(io) = socket.poll_io(cx, reading) {
+                match io {
+                    Ok(Io::Readable) => state.read(socket),
+                    Ok(Io::Flushed) => Turn::Continue,
+                    Err(e) => Turn::End(socket_error("write", &e)),
+                }
+            } else if let Some(timer) = self.timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                state.on_timer();
+                Turn::Continue
+            } else if !state.stalled && socket.queued() < WRITE_HIGH && state.conn.has_outgoing() {
+                state.produce(socket)
+            } else {
+                return Poll::Pending;
+            };
+            if let Turn::End(reason) = turn {
+                return Poll::Ready(Ending::Ended(reason));
+            }
+        }
+    }
+}
+
+impl<'a> State<'a> {
+    fn new(gw: &'a Arc<Gateway>, conn: &'a Arc<Connection>) -> State<'a> {
         let config = gw.config();
-        Driver {
+        State {
             gw,
             conn,
-            outbound: Outbound::new(OutboundConfig {
-                retransmit_interval: config.retransmit_interval,
-                max_in_flight: config.max_in_flight,
-                release_lifetime: config.retransmit_interval * 3,
-            }),
-            inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
+            qos: None,
+            last_id: 0,
             rate: RateLimit::new(config.max_message_rate),
-            max_pending_forwards: config.max_pending_forwards,
-            forward_concurrency: config.forward_concurrency,
-            unflushed: false,
+            max_pending_forwards: u32::try_from(config.max_pending_forwards).unwrap_or(u32::MAX),
+            forward_concurrency: u32::try_from(config.forward_concurrency).unwrap_or(u32::MAX),
             stalled: false,
         }
     }
 
-    async fn run(mut self, ws: Ws) -> DisconnectReason {
-        let (mut sink, mut source) = ws.split();
-        let mut timer: Option<Pin<Box<Sleep>>> = None;
-        let reason = loop {
-            if let Some(order) = self.conn.close_order() {
-                close(&mut sink, &order).await;
-                break order.why;
-            }
-            match (self.outbound.next_deadline(), timer.as_mut()) {
-                (None, _) => timer = None,
-                (Some(at), Some(t)) => t.as_mut().reset(at.into()),
-                (Some(at), None) => timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
-            }
-            let reading = self.conn.forwards().queue.len() < self.max_pending_forwards;
-            let writing = !self.stalled && self.conn.has_outgoing();
-            let turn = tokio::select! {
-                biased;
-                _ = self.conn.notified() => Turn::Continue,
-                // One branch for the sink: room for the next item while there
-                // are items, else a flush of what was written.
-                io = poll_fn(|cx| if writing {
-                    sink.poll_ready_unpin(cx).map_ok(|()| true)
-                } else {
-                    sink.poll_flush_unpin(cx).map_ok(|()| false)
-                }), if writing || self.unflushed => match io {
-                    Ok(true) => self.write_next(&mut sink),
-                    Ok(false) => { self.unflushed = false; Turn::Continue }
-                    Err(e) => Turn::End(socket_error("write", &e)),
-                },
-                frame = source.next(), if reading => self.on_frame(frame),
-                () = wait(&mut timer), if timer.is_some() => { self.on_timer(); Turn::Continue }
-            };
-            match turn {
-                Turn::Continue => {}
-                Turn::End(DisconnectReason::Client) => {
-                    // If the client sent a close frame, tungstenite queued the
-                    // reply; let it go out to complete the closing handshake.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
-                    break DisconnectReason::Client;
-                }
-                Turn::End(reason) => break reason,
-            }
-        };
-        for publication in self.outbound.drain() {
-            publication.tracker.failed();
-        }
-        reason
+    /// The QoS state, allocated if there was none.
+    fn qos(&mut self) -> &mut Qos {
+        let (gw, last_id) = (self.gw, self.last_id);
+        self.qos.get_or_insert_with(|| Qos::new(gw, last_id))
     }
 
-    /// Takes one outbox item and hands it to the socket.
-    fn write_next(&mut self, sink: &mut Sink) -> Turn {
-        let Some(item) = self.conn.pop() else { return Turn::Continue };
-        let message = match item {
+    /// Whether to take client messages: not while the forward queue is full
+    /// (backpressure) or the connection is closing.
+    fn may_read(&self) -> bool {
+        self.conn.forwards().queue.len() < self.max_pending_forwards as usize
+    }
+
+    /// Reads what the socket has and handles the messages in it.
+    fn read(&mut self, socket: &mut Socket) -> Turn {
+        let mut end = None;
+        match socket.read(&mut |incoming| self.on_incoming(incoming, &mut end)) {
+            Ok(Read::Open) => end.map_or(Turn::Continue, Turn::End),
+            Ok(Read::Eof) => Turn::End(end.unwrap_or(DisconnectReason::Client)),
+            Err(e) => Turn::End(socket_error("read", &e)),
+        }
+    }
+
+    /// Handles one message; `false` stops taking more for now.
+    fn on_incoming(&mut self, incoming: Incoming, end: &mut Option<DisconnectReason>) -> bool {
+        match self.on_message(incoming) {
+            Turn::Continue => self.may_read() && !self.conn.is_closing(),
+            Turn::End(reason) => {
+                *end = Some(reason);
+                false
+            }
+        }
+    }
+
+    /// Takes outbox items into the socket's buffer (up to [`WRITE_HIGH`])
+    /// and writes what the socket takes now.
+    fn produce(&mut self, socket: &mut Socket) -> Turn {
+        while !self.stalled && socket.queued() < WRITE_HIGH {
+            let Some(item) = self.conn.pop() else { break };
+            self.write_item(item, socket);
+        }
+        match socket.try_flush() {
+            Ok(()) => Turn::Continue,
+            Err(e) => Turn::End(socket_error("write", &e)),
+        }
+    }
+
+    /// Encodes one outbox item into the socket's buffer.
+    fn write_item(&mut self, item: Outgoing, socket: &mut Socket) {
+        match item {
             Outgoing::Frame(frame) => {
                 // Count SENDs (command 1) by the qos bits of byte 0.
                 if let Some(&first) = frame.first().filter(|b| **b >> 4 == 1) {
                     self.gw.metrics.messages_out.0[usize::from((first >> 1) & 0b11).min(2)].inc();
                 }
-                Message::Binary(frame)
+                socket.queue(OpCode::Binary, &frame);
             }
             Outgoing::Publish(publication) => {
                 let now = Instant::now();
                 if publication.deadline <= now {
                     publication.tracker.failed();
-                    return Turn::Continue;
+                    return;
                 }
-                if !self.outbound.has_capacity() {
+                let outbound = &mut self.qos().outbound;
+                if !outbound.has_capacity() {
                     self.stalled = true;
                     self.conn.unpop(Outgoing::Publish(publication));
-                    return Turn::Continue;
+                    return;
                 }
                 let p = &publication;
-                let sent = self.outbound.send(now, p.message_type, p.qos, p.payload.clone(), p.deadline, p.clone());
+                let sent = outbound.send(now, p.message_type, p.qos, p.payload.clone(), p.deadline, p.clone());
                 match sent {
                     Ok(packet) => {
                         self.gw.metrics.messages_out.0[usize::from(p.qos.as_u8())].inc();
-                        Message::Binary(packet.encode())
+                        socket.queue(OpCode::Binary, &packet.encode());
                     }
-                    Err(_) => {
-                        // has_capacity() was checked just above.
-                        publication.tracker.failed();
-                        return Turn::Continue;
-                    }
+                    // has_capacity() was checked just above.
+                    Err(_) => publication.tracker.failed(),
                 }
             }
-            Outgoing::Forwarded { id, qos, reply: Some(reply) } => match self.inbound.answer(id, qos, reply) {
-                Some(packet) => Message::Binary(packet.encode()),
-                None => return Turn::Continue,
-            },
-            Outgoing::Forwarded { id, qos, reply: None } => {
-                self.inbound.failed(id, qos);
-                return Turn::Continue;
+            Outgoing::Forwarded { id, qos, reply: Some(reply) } => {
+                if let Some(packet) = self.qos().inbound.answer(id, qos, reply) {
+                    socket.queue(OpCode::Binary, &packet.encode());
+                }
             }
-            Outgoing::Ping => Message::Ping(Bytes::new()),
-        };
-        match sink.start_send_unpin(message) {
-            Ok(()) => {
-                self.unflushed = true;
-                Turn::Continue
-            }
-            Err(WsError::WriteBufferFull(_)) => {
-                self.conn.close(CloseOrder::SLOW_CONSUMER);
-                Turn::Continue
-            }
-            Err(e) => Turn::End(socket_error("write", &e)),
+            Outgoing::Forwarded { id, qos, reply: None } => self.qos().inbound.failed(id, qos),
+            Outgoing::Ping => socket.queue(OpCode::Ping, &[]),
         }
     }
 
-    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Turn {
-        let message = match frame {
-            None => return Turn::End(DisconnectReason::Client),
-            Some(Ok(message)) => message,
-            Some(Err(WsError::Capacity(e))) => {
+    fn on_message(&mut self, incoming: Incoming) -> Turn {
+        let message = match incoming {
+            Ok(message) => message,
+            Err(e @ FrameError::TooBig { .. }) => {
                 let order = CloseOrder::new(1009, format!("message too big: {e}"), DisconnectReason::TooBig);
                 self.conn.close(order);
                 return Turn::Continue;
             }
-            Some(Err(WsError::Protocol(e))) => {
+            Err(e) => {
                 self.gw.metrics.protocol_error("websocket");
                 debug!(identity = %self.conn.identity(), side = "client", "websocket protocol error: {e}");
-                let order =
-                    CloseOrder::new(1002, format!("websocket protocol error: {e}"), DisconnectReason::ProtocolError);
+                let order = CloseOrder::new(
+                    e.close_code(),
+                    format!("websocket protocol error: {e}"),
+                    DisconnectReason::ProtocolError,
+                );
                 self.conn.close(order);
                 return Turn::Continue;
             }
-            Some(Err(e)) => return Turn::End(socket_error("read", &e)),
         };
         self.conn.touch(coarse_now());
         let bytes = match message {
-            Message::Binary(b) => b,
             // Text frames are read as packets too: the original did not
             // distinguish, and some clients send strings.
-            Message::Text(t) => Bytes::from(t),
-            // Tungstenite queued the pong; flushing sends it.
-            Message::Ping(_) => {
-                self.unflushed = true;
-                return Turn::Continue;
-            }
-            Message::Pong(_) | Message::Frame(_) => return Turn::Continue,
+            Message::Data { payload, .. } => payload,
+            // The socket queued the pong.
+            Message::Ping(_) | Message::Pong(_) => return Turn::Continue,
+            // The socket queued the echo.
             Message::Close(_) => return Turn::End(DisconnectReason::Client),
         };
         match Packet::decode(bytes) {
@@ -318,9 +418,9 @@ impl<'a> Driver<'a> {
                     return Turn::Continue;
                 }
                 self.gw.metrics.messages_in.0[usize::from(send.qos.as_u8())].inc();
-                match self.inbound.on_send(now, &send) {
+                match self.qos().inbound.on_send(now, &send) {
                     Ok(Disposition::Process) => {
-                        forward::enqueue(self.gw, self.conn, send, self.forward_concurrency);
+                        forward::enqueue(self.gw, self.conn, send, self.forward_concurrency as usize);
                     }
                     Ok(Disposition::Duplicate(rec)) => {
                         self.gw.metrics.duplicates.inc();
@@ -336,24 +436,24 @@ impl<'a> Driver<'a> {
                 }
             }
             Packet::Ack(reply) => {
-                if let Some(answered) = self.outbound.on_ack(reply.id, reply.payload) {
+                if let Some(answered) = self.qos().outbound.on_ack(reply.id, reply.payload) {
                     answered.tag.tracker.answered(answered.payload);
                     self.stalled = false;
                 }
             }
             Packet::Rec(reply) => {
-                let (answered, rel) = self.outbound.on_rec(now, reply.id, reply.payload);
+                let (answered, rel) = self.qos().outbound.on_rec(now, reply.id, reply.payload);
                 if let Some(answered) = answered {
                     answered.tag.tracker.answered(answered.payload);
                 }
                 self.conn.push_reply(Outgoing::Frame(rel.encode()));
             }
             Packet::Rel(id) => {
-                let com = self.inbound.on_rel(id);
+                let com = self.qos().inbound.on_rel(id);
                 self.conn.push_reply(Outgoing::Frame(com.encode()));
             }
             Packet::Com(id) => {
-                self.outbound.on_com(id);
+                self.qos().outbound.on_com(id);
                 self.stalled = false;
             }
         }
@@ -362,7 +462,8 @@ impl<'a> Driver<'a> {
 
     fn on_timer(&mut self) {
         let (gw, conn) = (self.gw, self.conn);
-        self.outbound.on_timeout(Instant::now(), |timeout| match timeout {
+        let Some(qos) = self.qos.as_mut() else { return };
+        qos.outbound.on_timeout(Instant::now(), |timeout| match timeout {
             Timeout::Retransmit(packet) => {
                 gw.metrics.retransmits.inc();
                 conn.push_reply(Outgoing::Frame(packet.encode()));
@@ -373,32 +474,14 @@ impl<'a> Driver<'a> {
     }
 }
 
-async fn wait(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
+fn socket_error(op: &str, e: &std::io::Error) -> DisconnectReason {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted) {
+        DisconnectReason::Client
+    } else {
+        debug!(side = "client", "socket {op} failed: {e}");
+        DisconnectReason::Error
     }
-}
-
-fn socket_error(op: &str, e: &WsError) -> DisconnectReason {
-    match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => DisconnectReason::Client,
-        WsError::Io(io)
-            if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
-        {
-            DisconnectReason::Client
-        }
-        other => {
-            debug!(side = "client", "socket {op} failed: {other}");
-            DisconnectReason::Error
-        }
-    }
-}
-
-/// Sends a close frame and gives it a moment to leave.
-async fn close(sink: &mut Sink, order: &CloseOrder) {
-    let frame = CloseFrame { code: CloseCode::from(order.code), reason: order.reason.to_string().into() };
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
 }
 
 #[cfg(test)]
@@ -414,5 +497,20 @@ mod tests {
         assert!(r.allow(t0 + std::time::Duration::from_millis(600)));
         let mut unlimited = RateLimit::new(0);
         assert!((0..10_000).all(|_| unlimited.allow(t0)));
+    }
+
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let settings = crate::Settings::from_pairs([("security_token", "t")]);
+        let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
+        let driving = drive(&gw, &conn, Socket::new(stream, 1024));
+        // Most of the connection task (see `transport::tests`): 208 bytes
+        // in release builds, 216 in debug builds.
+        let size = std::mem::size_of_val(&driving);
+        assert!(size <= 224, "the driver's future grew to {size} bytes");
     }
 }

@@ -1,6 +1,7 @@
 //! Limits with defined behaviour, none affecting other connections: message
 //! size (1009), malformed packets (1002), connection count (503), slow
-//! consumers (1008), message rate (1008), the qos-2 window (1008).
+//! consumers (1008), message rate (1008), the qos-2 window (1008), WebSocket
+//! framing errors (1002, 1007); and bytes sent along with the handshake.
 
 use std::time::Duration;
 
@@ -147,4 +148,102 @@ async fn api_body_over_the_limit_is_refused_with_413() {
     let (status, answer) = gw.api("/send/", &[("channel", "c")], "x".repeat(4096)).await;
     assert_eq!(status, 413);
     assert_eq!(answer["status"], 1);
+}
+
+/// A raw TCP client: the handshake request, then `frames` in the same write
+/// (as a client that does not wait for the 101 may send them). Returns the
+/// stream after the 101 answer, and what followed it in the same read.
+async fn raw_handshake(gw: &TestGateway, frames: &[u8]) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut request = format!(
+        "GET /connect/ HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-DEVICEID: raw\r\nX-CLIENT-OS: test\r\n\r\n",
+        gw.addr
+    )
+    .into_bytes();
+    request.extend_from_slice(frames);
+    stream.write_all(&request).await.unwrap();
+    let mut got = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during the handshake");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    (stream, got.split_off(end))
+}
+
+/// Reads server frames until a close frame; returns its code.
+async fn raw_close_code(stream: &mut tokio::net::TcpStream, mut got: Vec<u8>) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        // Server frames: unmasked, and these are short (7-bit lengths).
+        while got.len() >= 2 && got.len() >= 2 + usize::from(got[1] & 0x7F) {
+            let len = usize::from(got[1] & 0x7F);
+            if got[0] & 0x0F == 8 {
+                return u16::from_be_bytes([got[2], got[3]]);
+            }
+            got.drain(..2 + len);
+        }
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed without a close frame");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn masked(opcode: rainbow_protocol::websocket::OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    rainbow_protocol::websocket::encode_masked(true, opcode, payload, [9, 8, 7, 6], &mut out);
+    out
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    use rainbow_protocol::websocket::OpCode;
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[]).await;
+    let send = Send { message_type: 3, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "early".into() };
+    let (mut stream, got) = raw_handshake(&gw, &masked(OpCode::Binary, &Packet::Send(send).encode())).await;
+    // The SEND that hyper read along with the request is forwarded and
+    // answered.
+    let calls = backend.wait_calls("forward", 1).await;
+    assert_eq!(&calls[0].body[..], b"early");
+    let mut answer = got;
+    while answer.len() < 2 || answer.len() < 2 + usize::from(answer[1] & 0x7F) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0);
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(answer[0], 0x82, "a binary frame");
+    let packet = Packet::decode(answer[2..2 + usize::from(answer[1])].to_vec().into()).unwrap();
+    assert_eq!(packet, Packet::Ack(rainbow_protocol::Reply { id: 1, payload: "echo:early".into() }));
+}
+
+#[tokio::test]
+async fn websocket_framing_errors_close_with_1002_or_1007() {
+    use rainbow_protocol::websocket::OpCode;
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[]).await;
+    // Text that is not UTF-8: 1007.
+    let (mut stream, got) = raw_handshake(&gw, &masked(OpCode::Text, b"\x10\x00\x01\xff")).await;
+    assert_eq!(raw_close_code(&mut stream, got).await, 1007);
+    // A client frame without a mask: 1002.
+    let (mut stream, got) = raw_handshake(&gw, b"\x82\x03\x10\x00\x01").await;
+    assert_eq!(raw_close_code(&mut stream, got).await, 1002);
+    // Reserved bits: 1002.
+    let mut rsv = masked(OpCode::Binary, b"\x10\x00\x01");
+    rsv[0] |= 0x40;
+    let (mut stream, got) = raw_handshake(&gw, &rsv).await;
+    assert_eq!(raw_close_code(&mut stream, got).await, 1002);
+    assert_eq!(gw.metric("rainbow_protocol_errors_total{kind=\"websocket\"}").await, 3.0);
+    others_unaffected(&gw).await;
 }
