@@ -22,7 +22,7 @@ ensure_release
 start_gateway "$(dirname "$RAINBOW")"
 wait_quiet
 busy=$MACHINE_BUSY
-line=$("$BENCH_BIN" churn --url "$GW_URL" --connections "$N" --rate "$RATE" --fraction "$FRACTION" \
+line=$(bench churn --url "$GW_URL" --connections "$N" --rate "$RATE" --fraction "$FRACTION" \
   --duration "$SECS" --sample-every "$SAMPLE" --baseline-at "$BASELINE" --pid "$GW_PID" --no-progress)
 line=$(tag_json "$line" "machine_busy_before=$busy" "date=$(date -u +%FT%TZ)")
 echo "$line"

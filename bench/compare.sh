@@ -3,7 +3,7 @@
 # apply: handshakes (bench/connect.sh), fan-out (bench/fanout.sh), rpc
 # overhead (bench/rpc.sh) and, with CHURN_SECS set, churn (bench/churn.sh;
 # the recorded run is 600 s). JSON lines go to stdout and to OUT (default
-# bench-results-DATE.jsonl in the current directory); the combined table to
+# bench/results/compare-DATE.jsonl); the combined table to
 # stderr at the end.
 #
 #   bench/compare.sh > all.jsonl
@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-bench-results-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+mkdir -p bench/results
+OUT=${OUT:-bench/results/compare-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 : >"$OUT"
 echo "results go to $OUT" >&2
 {

@@ -29,7 +29,7 @@ run_connect() {
   [[ -n "${3:-}" ]] && pid=(--pid "$3")
   wait_quiet
   local busy=$MACHINE_BUSY line
-  if ! line=$("$BENCH_BIN" connect --url "$url" --connections "$N" --rate 0 --concurrency "$CONCURRENCY" \
+  if ! line=$(bench connect --url "$url" --connections "$N" --rate 0 --concurrency "$CONCURRENCY" \
     --per-process "$per_process" "${pid[@]}" --no-progress); then
     line=$(tag_json '{"bench":"connect"}' "error=run failed (see stderr)")
   fi

@@ -11,10 +11,14 @@
 #      FIXED_SECS seconds.
 # Each server runs alone (started before its runs, stopped after).
 #
-# Environment: N (19000), TARGETS ("rainbow nchan pushpin"), START (50000),
-# FACTOR (1.4), MAX_STEPS (12), STEP_SECS (10), FIXED (100000), FIXED_SECS (20),
-# QOS (0), PAYLOAD (64 bytes), RATE (subscriber connections per second, 2000),
-# LAG_MS (500), RAINBOW_BIN / BENCH_BIN (binaries; default target/release,
+# Environment: N (19000), TARGETS ("rainbow nchan pushpin"), ROUNDS (1: how
+# many times the whole list is measured, interleaved), START (50000; Pushpin:
+# PUSHPIN_START, 5000, its capacity here is near 10,000), FACTOR (1.25),
+# MAX_STEPS (20), STEP_SECS (10), FIXED (100000), FIXED_SECS (20),
+# QOS (0), PAYLOAD (64 bytes), RATE (subscriber connections per second, 2000;
+# Pushpin: PUSHPIN_RATE, 500, as its WebSocket-over-HTTP opening answers 502
+# to part of the handshakes at 2000/s),
+# LAG_MS (2000: a step whose p99 exceeds 2 s lags), RAINBOW_BIN / BENCH_BIN (binaries; default target/release,
 # built if missing), NGINX_WORKERS (default: cores). Needs bench/install-peers.sh
 # for the peers; a peer that is not installed is reported as skipped.
 set -euo pipefail
@@ -23,16 +27,19 @@ source bench/lib.sh
 
 N=${N:-19000}
 TARGETS=${TARGETS:-rainbow nchan pushpin}
+ROUNDS=${ROUNDS:-1}
 START=${START:-50000}
-FACTOR=${FACTOR:-1.4}
-MAX_STEPS=${MAX_STEPS:-12}
+PUSHPIN_START=${PUSHPIN_START:-5000}
+FACTOR=${FACTOR:-1.25}
+MAX_STEPS=${MAX_STEPS:-20}
 STEP_SECS=${STEP_SECS:-10}
 FIXED=${FIXED:-100000}
 FIXED_SECS=${FIXED_SECS:-20}
 QOS=${QOS:-0}
 PAYLOAD=${PAYLOAD:-64}
 RATE=${RATE:-2000}
-LAG_MS=${LAG_MS:-500}
+PUSHPIN_RATE=${PUSHPIN_RATE:-500}
+LAG_MS=${LAG_MS:-2000}
 
 ensure_release
 start_backend
@@ -40,31 +47,34 @@ results="$BENCH_TMP/fanout.jsonl"
 : >"$results"
 
 # run_fanout TARGET URL PIDS MODE [extra args]: one rainbow-bench fanout run,
-# its JSON line (tagged with the mode and the machine's busy figure before it)
-# to stdout and the results file.
+# its JSON line (tagged with the mode, the round and the machine's busy figure
+# before it) to stdout and the results file.
 run_fanout() {
-  local target=$1 url=$2 pids=$3 mode=$4
+  local target=$1 url=$2 pids=$3 mode=$4 rate=$RATE
   shift 4
+  [[ $target == pushpin ]] && rate=$PUSHPIN_RATE
   wait_quiet
   local busy=$MACHINE_BUSY
-  # shellcheck disable=SC2046 # word splitting of the --pid list is intended
   local line
-  if ! line=$("$BENCH_BIN" fanout --target "$target" --url "$url" -n "$N" --rate "$RATE" \
+  # shellcheck disable=SC2046 # word splitting of the --pid list is intended
+  if ! line=$(bench fanout --target "$target" --url "$url" -n "$N" --rate "$rate" \
     --qos "$QOS" --payload-size "$PAYLOAD" --lag-ms "$LAG_MS" $(pid_args $pids) --no-progress "$@"); then
     line=$(tag_json '{"bench":"fanout"}' "target=$target" "error=run failed (see stderr)")
   fi
-  line=$(tag_json "$line" "mode=$mode" "machine_busy_before=$busy" "date=$(date -u +%FT%TZ)")
+  line=$(tag_json "$line" "mode=$mode" "round=$round" "machine_busy_before=$busy" "date=$(date -u +%FT%TZ)")
   echo "$line" | tee -a "$results"
 }
 
 measure() {
-  local target=$1 url=$2 pids=$3
+  local target=$1 url=$2 pids=$3 start=$START
   shift 3
-  run_fanout "$target" "$url" "$pids" saturation --find-saturation --deliveries-per-sec "$START" \
+  [[ $target == pushpin ]] && start=$PUSHPIN_START
+  run_fanout "$target" "$url" "$pids" saturation --find-saturation --deliveries-per-sec "$start" \
     --step-factor "$FACTOR" --max-steps "$MAX_STEPS" --duration "$STEP_SECS" "$@"
   run_fanout "$target" "$url" "$pids" fixed --deliveries-per-sec "$FIXED" --duration "$FIXED_SECS" "$@"
 }
 
+for round in $(seq "$ROUNDS"); do
 for target in $TARGETS; do
   case $target in
     rainbow)
@@ -93,6 +103,7 @@ for target in $TARGETS; do
       exit 2
       ;;
   esac
+done
 done
 
 python3 bench/table.py "$results" >&2

@@ -41,8 +41,23 @@ def ratio(a, b):
 
 
 def fanout(rows):
-    sat = {r.get("target"): r for r in rows if r.get("mode", "saturation" if r.get("find_saturation") else "fixed") == "saturation"}
-    fixed = {r.get("target"): r for r in rows if r.get("mode", "saturation" if r.get("find_saturation") else "fixed") == "fixed"}
+    """One table set per round (rows tagged "round" by bench/fanout.sh)."""
+    rounds = sorted({r.get("round", 1) for r in rows})
+    out = []
+    for rnd in rounds:
+        these = [r for r in rows if r.get("round", 1) == rnd]
+        if len(rounds) > 1:
+            out += [f"#### Round {rnd}", ""]
+        out += fanout_round(these)
+        out.append("")
+    return out
+
+
+def fanout_round(rows):
+    def mode(r):
+        return r.get("mode", "saturation" if r.get("find_saturation") else "fixed")
+    sat = {r.get("target"): r for r in rows if mode(r) == "saturation"}
+    fixed = {r.get("target"): r for r in rows if mode(r) == "fixed"}
     out = []
     if sat:
         out += ["### Fan-out: saturation (deliveries/s; Rainbow ÷ peer)", "",
