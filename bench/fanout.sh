@@ -9,7 +9,7 @@
 #      STEP_SECS seconds, until a step lags (see `rainbow-bench fanout --help`);
 #   2. latency: a fresh set of N subscribers at FIXED offered deliveries/s for
 #      FIXED_SECS seconds.
-# Each server runs alone (started before its runs, stopped after).
+# Each run has a fresh server of its own (started before, stopped after).
 #
 # Environment: N (19000), TARGETS ("rainbow nchan pushpin"), ROUNDS (1: how
 # many times the whole list is measured, interleaved), START (50000; Pushpin:
@@ -65,45 +65,66 @@ run_fanout() {
   echo "$line" | tee -a "$results"
 }
 
-measure() {
-  local target=$1 url=$2 pids=$3 start=$START
-  shift 3
-  [[ $target == pushpin ]] && start=$PUSHPIN_START
-  run_fanout "$target" "$url" "$pids" saturation --find-saturation --deliveries-per-sec "$start" \
-    --step-factor "$FACTOR" --max-steps "$MAX_STEPS" --duration "$STEP_SECS" "$@"
-  run_fanout "$target" "$url" "$pids" fixed --deliveries-per-sec "$FIXED" --duration "$FIXED_SECS" "$@"
-}
-
-for round in $(seq "$ROUNDS"); do
-for target in $TARGETS; do
-  case $target in
+# start_target TARGET: starts that server; sets URL, PIDS and EXTRA (more
+# fanout arguments). Returns non-zero if it cannot be started.
+start_target() {
+  EXTRA=()
+  case $1 in
     rainbow)
-      start_gateway "$(dirname "$RAINBOW")" --set "connect_url=$BE_URL/connect/"
-      measure rainbow "$GW_URL" "$GW_PID"
-      stop_gateway
+      start_gateway "$(dirname "$RAINBOW")" --set "connect_url=$BE_URL/connect/" || return 1
+      URL=$GW_URL PIDS=$GW_PID
       ;;
     nchan)
-      if start_nchan; then
-        measure nchan "ws://127.0.0.1:$NCHAN_PORT/sub/{channel}" "$NCHAN_PIDS"
-        stop_nchan
-      else
-        tag_json '{"bench":"fanout"}' target=nchan "error=nginx+nchan could not be started" | tee -a "$results"
-      fi
+      start_nchan || return 1
+      URL="ws://127.0.0.1:$NCHAN_PORT/sub/{channel}" PIDS=$NCHAN_PIDS
       ;;
     pushpin)
-      if start_pushpin; then
-        measure pushpin "ws://127.0.0.1:$PUSHPIN_PORT/{channel}" "$PUSHPIN_PIDS" --publish-url "$PUSHPIN_PUBLISH"
-        stop_pushpin
-      else
-        tag_json '{"bench":"fanout"}' target=pushpin "error=pushpin could not be started" | tee -a "$results"
-      fi
+      start_pushpin || return 1
+      URL="ws://127.0.0.1:$PUSHPIN_PORT/{channel}" PIDS=$PUSHPIN_PIDS
+      EXTRA=(--publish-url "$PUSHPIN_PUBLISH")
       ;;
     *)
-      echo "unknown target $target" >&2
+      echo "unknown target $1" >&2
       exit 2
       ;;
   esac
-done
+}
+
+stop_target() {
+  case $1 in
+    rainbow) stop_gateway ;;
+    nchan) stop_nchan ;;
+    pushpin) stop_pushpin ;;
+  esac
+}
+
+# measure TARGET: the saturation search and the fixed-rate run, each on a
+# freshly started server (a server still working off a lagging step's
+# backlog would handicap the next run).
+measure() {
+  local target=$1 start=$START
+  [[ $target == pushpin ]] && start=$PUSHPIN_START
+  local mode
+  for mode in saturation fixed; do
+    if ! start_target "$target"; then
+      tag_json '{"bench":"fanout"}' "target=$target" "mode=$mode" "round=$round" "error=$target could not be started" | tee -a "$results"
+      stop_target "$target"
+      continue
+    fi
+    if [[ $mode == saturation ]]; then
+      run_fanout "$target" "$URL" "$PIDS" saturation --find-saturation --deliveries-per-sec "$start" \
+        --step-factor "$FACTOR" --max-steps "$MAX_STEPS" --duration "$STEP_SECS" "${EXTRA[@]}"
+    else
+      run_fanout "$target" "$URL" "$PIDS" fixed --deliveries-per-sec "$FIXED" --duration "$FIXED_SECS" "${EXTRA[@]}"
+    fi
+    stop_target "$target"
+  done
+}
+
+for round in $(seq "$ROUNDS"); do
+  for target in $TARGETS; do
+    measure "$target"
+  done
 done
 
 python3 bench/table.py "$results" >&2

@@ -73,6 +73,11 @@ pub struct LoadArgs {
     /// Do not draw progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Runtime threads of each worker process (0 = one per core). One is
+    /// cheaper: measured at 19,000 subscribers and 100,000 deliveries/s, two
+    /// single-threaded workers used 20 % less CPU than two two-threaded ones.
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 /// `rainbow-bench idle`.
@@ -160,6 +165,9 @@ pub struct WorkerArgs {
     /// Churn: seconds between a connection's reopenings.
     #[arg(long, default_value_t = 20.0)]
     pub period: f64,
+    /// Runtime threads (0 = one per core; 1 = a single-threaded runtime).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// The behaviours a worker can run (see [`Behaviour`]).
@@ -196,6 +204,7 @@ impl RpcArgs {
             per_process: 18_000,
             allow_remote: self.allow_remote,
             no_progress: self.no_progress,
+            worker_threads: 1,
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct LoadSpec {
     pub device_prefix: String,
     /// What each connection does once open.
     pub behaviour: Behaviour,
+    /// Runtime threads of each worker process (0 = one per core).
+    pub worker_threads: usize,
 }
 
 impl LoadSpec {
@@ -116,6 +118,7 @@ impl LoadSpec {
             self.device_prefix.clone(),
         ];
         args.extend(behaviour_args(&self.behaviour));
+        args.extend(["--threads".to_string(), self.worker_threads.to_string()]);
         args
     }
 }

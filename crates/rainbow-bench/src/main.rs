@@ -61,9 +61,36 @@ async fn backend(args: &BackendArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A worker may run single-threaded: its connections need no parallelism
+    // of their own when there are several workers, and one thread per
+    // process means fewer cross-thread wake-ups on the cores it shares with
+    // the server being measured.
+    let threads = match &cli.command {
+        Command::Worker(args) => args.threads,
+        _ => 0,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder.enable_all().build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("rainbow-bench: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
         Command::Idle(args) => emit(runs::idle(&args).await),
         Command::Connect(args) => emit(runs::connect(&args).await),
         // Boxed: these futures are large and would bloat main's.

@@ -64,6 +64,7 @@ pub async fn load_spec_for(load: &LoadArgs, url: &str, behaviour: Behaviour) -> 
         handshake_timeout: Duration::from_secs_f64(load.handshake_timeout),
         device_prefix: format!("bench-{}", std::process::id()),
         behaviour,
+        worker_threads: load.worker_threads,
     };
     Ok((spec, per_process))
 }
