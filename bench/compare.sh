@@ -10,7 +10,7 @@
 #   CHURN_SECS=600 bench/compare.sh
 #
 # Every variable of the scripts it runs applies (N, START, FIXED, C, ...);
-# N is the fan-out's subscriber count here (connect.sh uses CONNECT_N).
+# N is the fan-out's subscriber count here (connect.sh uses CONNECT_N, 18000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,7 @@ echo "results go to $OUT" >&2
   grep MemTotal /proc/meminfo
 } >&2
 
-N=${CONNECT_N:-10000} bench/connect.sh | tee -a "$OUT"
+N=${CONNECT_N:-18000} bench/connect.sh | tee -a "$OUT"
 bench/fanout.sh | tee -a "$OUT"
 bench/rpc.sh | tee -a "$OUT"
 if [[ -n "${CHURN_SECS:-}" ]]; then

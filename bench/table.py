@@ -131,20 +131,33 @@ def rpc(rows):
 
 
 def connect(rows):
-    out = ["### Handshakes", "",
-           "| server | connections | failed | handshakes/s | Rainbow ÷ this | p50 ms | p99 ms | bench processes | bench CPU s | server CPU s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    rb = next((r.get("handshakes_per_sec") for r in rows if r.get("target", "rainbow") == "rainbow"), None)
+    """Median and range per target over its runs (bench/connect.sh repeats them)."""
+    by = {}
     for r in rows:
-        t = r.get("target", "rainbow")
-        if "error" in r:
-            out.append(f"| {t} | {r['error']} | | | | | | | | |")
+        by.setdefault(r.get("target", "rainbow"), []).append(r)
+    out = ["### Handshakes (median of the runs; range)", "",
+           "| server | runs | connections per run | failed | handshakes/s median | range | Rainbow ÷ this | p50 ms (median) | p99 ms (median) | bench processes |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def median(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return None if n == 0 else (xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2)
+
+    med = {t: median([r["handshakes_per_sec"] for r in rs if "handshakes_per_sec" in r]) for t, rs in by.items()}
+    rb = med.get("rainbow")
+    for t, rs in by.items():
+        ok = [r for r in rs if "handshakes_per_sec" in r]
+        errors = [r["error"] for r in rs if "error" in r]
+        if not ok:
+            out.append(f"| {t} | {len(rs)} | {'; '.join(errors)} | | | | | | | |")
             continue
-        hs = r.get("handshakes_per_sec")
+        hs = [r["handshakes_per_sec"] for r in ok]
         out.append(
-            f"| {t} | {num(r.get('connections'))} | {num(r.get('connections_failed'))} | {num(hs)} "
-            f"| {ratio(rb, hs) if t != 'rainbow' else '1.00×'} | {num(r.get('latency_p50_ms'), 3)} | {num(r.get('latency_p99_ms'), 3)} "
-            f"| {num(r.get('processes'))} | {num(r.get('bench_cpu_seconds'), 2)} | {num(r.get('gateway_cpu_seconds'), 2)} |")
+            f"| {t} | {len(ok)}{' (+' + str(len(errors)) + ' failed to run)' if errors else ''} | {num(ok[0].get('connections'))} "
+            f"| {num(sum(r.get('connections_failed', 0) for r in ok))} | {num(med[t])} | {num(min(hs))}–{num(max(hs))} "
+            f"| {ratio(rb, med[t]) if t != 'rainbow' else '1.00×'} | {num(median([r['latency_p50_ms'] for r in ok]), 3)} "
+            f"| {num(median([r['latency_p99_ms'] for r in ok]), 3)} | {num(ok[0].get('processes'))} |")
     return out
 
 
