@@ -9,6 +9,10 @@
 //! (or end of file) arrives on stdin, so a parent that dies takes its workers
 //! down with it.
 //!
+//! Reports reach the caller through one bounded queue; when it is nearly
+//! full, progress and stats snapshots are dropped (the next one supersedes
+//! them), never the opening and final reports.
+//!
 //! Either way the caller sees one merged stream and three phases:
 //! [`Fleet::opened`], [`Fleet::hold`] (or [`Fleet::wait_until`] a condition
 //! on the merged [`Fleet::stats`]), [`Fleet::release`].
@@ -30,6 +34,19 @@ use crate::stats::Stats;
 
 /// How long workers get to exit after their final report.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Reports queued for the caller at most.
+const REPORTS: usize = 1024;
+
+/// Room kept in the report queue for the reports that must not be lost:
+/// progress and stats snapshots (cumulative, so the next one replaces a
+/// dropped one) are dropped when less than this is left.
+const RESERVE: usize = 64;
+
+/// Whether a report may be dropped when the queue is nearly full.
+fn droppable(event: &Event) -> bool {
+    matches!(event, Event::Progress(_) | Event::Stats(_))
+}
 
 /// One process's part of a load.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -166,7 +183,7 @@ enum Member {
 /// A running load: one share here, or one per worker process.
 pub struct Fleet {
     members: Vec<Member>,
-    reports: mpsc::UnboundedReceiver<Report>,
+    reports: mpsc::Receiver<Report>,
     progress: Vec<Progress>,
     stats: Vec<Stats>,
     opened: Vec<Option<Opened>>,
@@ -175,7 +192,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    fn new(members: Vec<Member>, reports: mpsc::UnboundedReceiver<Report>) -> Fleet {
+    fn new(members: Vec<Member>, reports: mpsc::Receiver<Report>) -> Fleet {
         let n = members.len();
         Fleet {
             members,
@@ -190,12 +207,17 @@ impl Fleet {
 
     /// Runs one plan in this process.
     pub fn local(plan: Plan) -> Fleet {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REPORTS);
         let (release_tx, release_rx) = oneshot::channel::<()>();
         let sink: Sink = {
             let tx = tx.clone();
             Arc::new(move |event| {
-                let _ = tx.send(Report::Event(0, event));
+                if droppable(&event) && tx.capacity() < RESERVE {
+                    return;
+                }
+                // Full only if the caller stopped reading for minutes; then it
+                // is not waiting for this report either.
+                let _ = tx.try_send(Report::Event(0, event));
             })
         };
         tokio::spawn(async move {
@@ -203,7 +225,7 @@ impl Fleet {
                 let _ = release_rx.await;
             })
             .await;
-            let _ = tx.send(Report::Exited(0, outcome.map_err(|e| format!("{e:#}"))));
+            let _ = tx.send(Report::Exited(0, outcome.map_err(|e| format!("{e:#}")))).await;
         });
         Fleet::new(vec![Member::Local { release: Some(release_tx) }], rx)
     }
@@ -211,7 +233,7 @@ impl Fleet {
     /// Starts one worker process per share.
     pub fn spawn(spec: &LoadSpec, shares: &[Share]) -> anyhow::Result<Fleet> {
         let exe: PathBuf = std::env::current_exe().context("cannot find this program to start workers")?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(REPORTS);
         let mut members = Vec::with_capacity(shares.len());
         for (index, share) in shares.iter().enumerate() {
             let mut child = tokio::process::Command::new(&exe)
@@ -378,13 +400,16 @@ impl Fleet {
 }
 
 /// Reads a worker's JSON lines into the fleet's report channel.
-async fn read_worker(index: usize, stdout: ChildStdout, tx: mpsc::UnboundedSender<Report>) {
+async fn read_worker(index: usize, stdout: ChildStdout, tx: mpsc::Sender<Report>) {
     let mut lines = BufReader::new(stdout).lines();
     let outcome = loop {
         match lines.next_line().await {
             Ok(Some(line)) => match serde_json::from_str::<Event>(&line) {
                 Ok(event) => {
-                    let _ = tx.send(Report::Event(index, event));
+                    if droppable(&event) && tx.capacity() < RESERVE {
+                        continue;
+                    }
+                    let _ = tx.send(Report::Event(index, event)).await;
                 }
                 Err(e) => {
                     let start: String = line.chars().take(80).collect();
@@ -395,7 +420,7 @@ async fn read_worker(index: usize, stdout: ChildStdout, tx: mpsc::UnboundedSende
             Err(e) => break Err(format!("cannot read its output: {e}")),
         }
     };
-    let _ = tx.send(Report::Exited(index, outcome));
+    let _ = tx.send(Report::Exited(index, outcome)).await;
 }
 
 #[cfg(test)]

@@ -207,7 +207,9 @@ impl Counters {
         }
         step.last_us.fetch_max(now_us, Ordering::Relaxed);
         self.steps_used.fetch_max(u64::from(stamp.step) + 1, Ordering::Relaxed);
-        self.step_latency[stamp.step as usize].record(us);
+        if let Some(recorder) = self.step_latency.get(stamp.step as usize) {
+            recorder.record(us);
+        }
     }
 
     /// A subscriber got a retransmission (counted, not delivered again).
