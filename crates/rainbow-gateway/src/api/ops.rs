@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rainbow_protocol::Qos;
 use serde_json::{Value, json};
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::cluster::ClusterError;
 use crate::cluster::message::Call;
@@ -82,7 +82,12 @@ fn unavailable(local: Delivered) -> Answer {
 fn cluster_failure(e: ClusterError) -> Answer {
     match e {
         ClusterError::NoSuchNode(_) => Answer::fail("no_connection", "no such connection"),
-        ClusterError::Unavailable(_) | ClusterError::NodeTimeout { .. } => {
+        // Redis going away is logged once by the node, not once per call.
+        ClusterError::Unavailable(_) => {
+            debug!(side = "broker", "cluster call failed: {e}");
+            Answer::fail("cluster_unavailable", "cluster unavailable")
+        }
+        ClusterError::NodeTimeout { .. } => {
             warn!(side = "broker", "cluster call failed: {e}");
             Answer::fail("cluster_unavailable", "cluster unavailable")
         }
@@ -96,7 +101,7 @@ pub async fn send(gw: &Gateway, channel: &str, message: Message) -> Answer {
         Some(node) => match node.publish(gw, channel, message).await {
             Ok(delivered) => send_answer(delivered),
             Err((e, local)) => {
-                warn!(side = "broker", channel, "/send/ reached this node only: {e}");
+                debug!(side = "broker", channel, "/send/ reached this node only: {e}");
                 unavailable(local)
             }
         },
