@@ -10,7 +10,11 @@
 #       sets NCHAN_PID (master), NCHAN_PIDS (master and workers), NCHAN_PORT.
 #   start_pushpin                                Pushpin routed to the backend;
 #       sets PUSHPIN_PID (runner), PUSHPIN_PIDS, PUSHPIN_PORT, PUSHPIN_PUBLISH.
-#   stop_gateway / stop_backend / stop_nchan / stop_pushpin
+#   start_redis                                  redis-server on a free port, no persistence;
+#       sets REDIS_PID, REDIS_URL.
+#   start_nodes K BIN_DIR [--set ...]            K Rainbow nodes clustered over REDIS_URL;
+#       sets NODE_PIDS, NODE_URLS (arrays) and NODE_BASES (http://HOST:PORT each).
+#   stop_gateway / stop_backend / stop_nchan / stop_pushpin / stop_redis / stop_nodes
 #   pid_args PID...                              "--pid P" for each id
 #
 # BENCH_BIN is the rainbow-bench binary (default target/release/rainbow-bench,
@@ -29,6 +33,10 @@ BE_PID=
 NCHAN_PID=
 PUSHPIN_PID=
 GW_LOG="$BENCH_TMP/gateway.log"
+REDIS_PID=
+NODE_PIDS=()
+NODE_URLS=()
+NODE_BASES=()
 
 # set_bins BIN_DIR: RAINBOW and BENCH_BIN from RAINBOW_BIN / BENCH_BIN or BIN_DIR.
 set_bins() {
@@ -51,10 +59,12 @@ bench_cleanup() {
   local status=$?
   stop_pushpin
   stop_nchan
+  stop_nodes
+  stop_redis
   stop_pid "${GW_PID:-}"
   stop_pid "${BE_PID:-}"
   if [[ $status -ne 0 ]]; then
-    for log in "$GW_LOG" "$BENCH_TMP"/backend.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
+    for log in "$GW_LOG" "$BENCH_TMP"/node-*.log "$BENCH_TMP"/redis.log "$BENCH_TMP"/backend.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
       if [[ -s "$log" ]]; then
         echo "--- last lines of $log ---" >&2
         tail -n 20 "$log" >&2 || true
@@ -142,6 +152,60 @@ start_gateway() {
 stop_gateway() {
   stop_pid "${GW_PID:-}"
   GW_PID=
+}
+
+# start_redis: a private redis-server on a free loopback port, without
+# persistence (scripts/install-deps.sh installs it).
+start_redis() {
+  command -v redis-server >/dev/null || { echo "redis-server is not installed (scripts/install-deps.sh)" >&2; return 1; }
+  local port
+  port=$(free_port)
+  nice -n "$BENCH_NICE" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+    --maxclients 1000 >"$BENCH_TMP/redis.log" 2>&1 &
+  REDIS_PID=$!
+  REDIS_URL="redis://127.0.0.1:$port/"
+  for _ in $(seq 100); do
+    kill -0 "$REDIS_PID" 2>/dev/null || { echo "redis-server exited during startup" >&2; return 1; }
+    if python3 -c 'import socket, sys; s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1); s.sendall(b"PING\r\n"); sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' "$port" 2>/dev/null; then
+      echo "redis pid $REDIS_PID on $REDIS_URL" >&2
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "redis-server did not answer PING within 10 s" >&2
+  return 1
+}
+
+stop_redis() {
+  stop_pid "${REDIS_PID:-}"
+  REDIS_PID=
+}
+
+# start_nodes K BIN_DIR [extra --set arguments...]: K gateway nodes of one
+# cluster (cluster_name "bench") on REDIS_URL, each on its own free port with
+# its own log (BENCH_TMP/node-I.log).
+start_nodes() {
+  local k=$1 bin=$2 i
+  shift 2
+  for i in $(seq "$k"); do
+    GW_LOG="$BENCH_TMP/node-$i.log"
+    start_gateway "$bin" --set "redis_url=$REDIS_URL" --set cluster_name=bench "$@" || return 1
+    NODE_PIDS+=("$GW_PID")
+    NODE_URLS+=("$GW_URL")
+    NODE_BASES+=("http://127.0.0.1:$GW_PORT")
+    GW_PID=
+  done
+  GW_LOG="$BENCH_TMP/gateway.log"
+}
+
+# stop_nodes: SIGTERM to every node, then wait for them.
+stop_nodes() {
+  local pid
+  for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${NODE_PIDS[@]}"; do stop_pid "$pid"; done
+  NODE_PIDS=()
+  NODE_URLS=()
+  NODE_BASES=()
 }
 
 # start_backend: `rainbow-bench backend` on a free port (needs BENCH_BIN).

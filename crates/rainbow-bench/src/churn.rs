@@ -121,7 +121,7 @@ pub async fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     let period = Duration::from_secs_f64(1.0 / args.fraction);
     let bars = Bars::new(!args.load.no_progress);
     gateway_memory(args.pid)?;
-    let (spec, per_process) = load_spec_for(&args.load, &args.load.url, Behaviour::Churn { period }).await?;
+    let (spec, per_process) = load_spec_for(&args.load, &args.load.urls, Behaviour::Churn { period }).await?;
     let shares = split(args.load.connections, args.load.rate, per_process);
     let mut fleet = start(&spec, &shares)?;
     let opened = open_all(&mut fleet, bars, "connecting", args.load.connections).await?;
@@ -189,7 +189,7 @@ pub async fn churn(args: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     ));
     Ok(ChurnResult {
         bench: "churn",
-        url: args.load.url.clone(),
+        url: args.load.url_label(),
         pid: args.pid,
         connections: args.load.connections as u64,
         connections_ok: opened.ok,

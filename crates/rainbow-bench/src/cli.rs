@@ -46,9 +46,11 @@ pub enum Command {
 /// Settings shared by every benchmark that opens connections.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// The gateway's WebSocket URL.
-    #[arg(long, default_value = "ws://127.0.0.1:1984/connect/")]
-    pub url: String,
+    /// The gateway's WebSocket URL. Repeat it for several gateway nodes:
+    /// connection number i goes to the (i mod count)-th URL, so the nodes get
+    /// equal shares whatever the process split.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:1984/connect/")]
+    pub urls: Vec<String>,
     /// Connections to open.
     #[arg(short = 'n', long, default_value_t = 1000)]
     pub connections: usize,
@@ -114,9 +116,9 @@ pub struct ConnectArgs {
 /// `rainbow-bench worker` (hidden): one share of a load.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The gateway's WebSocket URL.
-    #[arg(long)]
-    pub url: String,
+    /// The gateway's WebSocket URLs (repeated), taken round robin by global connection number.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
     /// Connections to open.
     #[arg(long)]
     pub connections: usize,
@@ -195,7 +197,7 @@ impl RpcArgs {
     /// The connection settings of the clients.
     pub fn load(&self) -> LoadArgs {
         LoadArgs {
-            url: self.url.clone(),
+            urls: vec![self.url.clone()],
             connections: self.clients,
             rate: 0.0,
             concurrency: 64,
@@ -206,6 +208,13 @@ impl RpcArgs {
             no_progress: self.no_progress,
             worker_threads: 1,
         }
+    }
+}
+
+impl LoadArgs {
+    /// The URLs for a report: one, or several separated by spaces.
+    pub fn url_label(&self) -> String {
+        self.urls.join(" ")
     }
 }
 

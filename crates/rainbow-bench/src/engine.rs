@@ -74,8 +74,8 @@ pub enum Behaviour {
 /// What one process should open.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Where to connect.
-    pub target: Arc<Target>,
+    /// Where to connect: connection i (global number) goes to `targets[i % len]`.
+    pub targets: Vec<Arc<Target>>,
     /// How many connections.
     pub count: usize,
     /// Global number of this share's first connection (device ids, source choice).
@@ -372,6 +372,9 @@ async fn churn(mut ws: Ws, opening: Opening, period: Duration, role: Role, tally
 /// Opens the plan's connections, reports, holds them until `release`
 /// resolves, reports again and closes them.
 pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if plan.targets.is_empty() {
+        anyhow::bail!("the plan names no gateway URL");
+    }
     let tally = Arc::new(Tally::new(&plan.behaviour)?);
     let counting = plan.behaviour != Behaviour::Idle;
     let reporter = {
@@ -407,7 +410,8 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
         let permit = gate.clone().acquire_owned().await.context("handshake gate closed")?;
         let index = plan.first_index + i;
         let opening = Opening {
-            target: plan.target.clone(),
+            // Not empty: checked at the top.
+            target: plan.targets[index % plan.targets.len()].clone(),
             source: plan.sources.pick(index),
             device_id: format!("{}-{index}", plan.device_prefix),
             timeout: plan.handshake_timeout,

@@ -81,8 +81,8 @@ pub fn split(count: usize, rate: f64, per_process: usize) -> Vec<Share> {
 /// Settings common to every share of a load.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    /// Where to connect.
-    pub target: Arc<Target>,
+    /// Where to connect: connection i goes to `targets[i % len]`.
+    pub targets: Vec<Arc<Target>>,
     /// Handshakes in flight at most, per process.
     pub concurrency: usize,
     /// Source addresses.
@@ -101,7 +101,7 @@ impl LoadSpec {
     /// The engine plan of one share.
     pub fn plan(&self, share: Share) -> Plan {
         Plan {
-            target: self.target.clone(),
+            targets: self.targets.clone(),
             count: share.count,
             first_index: share.first_index,
             rate: share.rate,
@@ -115,10 +115,11 @@ impl LoadSpec {
 
     /// The command-line arguments of a worker running `share`.
     pub fn worker_args(&self, share: Share) -> Vec<String> {
-        let mut args = vec![
-            "worker".to_string(),
-            "--url".to_string(),
-            self.target.url().to_string(),
+        let mut args = vec!["worker".to_string()];
+        for target in &self.targets {
+            args.extend(["--url".to_string(), target.url().to_string()]);
+        }
+        args.extend([
             "--connections".to_string(),
             share.count.to_string(),
             "--first-index".to_string(),
@@ -133,7 +134,7 @@ impl LoadSpec {
             self.handshake_timeout.as_secs_f64().to_string(),
             "--device-prefix".to_string(),
             self.device_prefix.clone(),
-        ];
+        ]);
         args.extend(behaviour_args(&self.behaviour));
         args.extend(["--threads".to_string(), self.worker_threads.to_string()]);
         args
@@ -439,6 +440,31 @@ mod tests {
         let total: f64 = shares.iter().map(|s| s.rate).sum();
         assert!((total - 4000.0).abs() < 1e-6);
         assert_eq!(split(0, 10.0, 5).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_url_reaches_the_workers_in_order() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let urls = ["ws://127.0.0.1:1/connect/", "ws://127.0.0.2:2/connect/", "ws://127.0.0.3:3/connect/"];
+        let mut targets = Vec::new();
+        for url in urls {
+            targets.push(Arc::new(Target::resolve(url).await.expect("resolves")));
+        }
+        let spec = LoadSpec {
+            targets,
+            concurrency: 4,
+            sources: "none".parse().expect("sources"),
+            handshake_timeout: Duration::from_secs(1),
+            device_prefix: "d".into(),
+            behaviour: Behaviour::Idle,
+            worker_threads: 1,
+        };
+        let mut argv = vec!["rainbow-bench".to_string()];
+        argv.extend(spec.worker_args(Share { first_index: 7, count: 5, rate: 0.0 }));
+        let Command::Worker(args) = Cli::try_parse_from(argv).expect("parses").command else { panic!("not a worker") };
+        assert_eq!(args.urls, urls);
+        assert_eq!((args.first_index, args.connections), (7, 5));
     }
 
     #[test]

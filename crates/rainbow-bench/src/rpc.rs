@@ -125,7 +125,7 @@ fn leg(concurrency: usize, round_trips: u64, failed: u64, window_secs: f64, late
 /// Through the gateway. Returns the leg, open failures, drops, bench RSS.
 async fn through_gateway(args: &RpcArgs, plan: RpcPlan, bars: Bars) -> anyhow::Result<(RpcLeg, u64, u64, u64)> {
     let load = args.load();
-    let (spec, per_process) = load_spec_for(&load, &load.url, Behaviour::Rpc(plan.clone())).await?;
+    let (spec, per_process) = load_spec_for(&load, &load.urls, Behaviour::Rpc(plan.clone())).await?;
     let (gw0, be0) = (cpu(args.pid), cpu(args.backend_pid));
     let bench0 = procfs::cpu_seconds(Proc::Current).unwrap_or(0.0);
     let machine0 = procfs::machine_cpu_seconds().unwrap_or(0.0);
@@ -133,7 +133,7 @@ async fn through_gateway(args: &RpcArgs, plan: RpcPlan, bars: Bars) -> anyhow::R
     let mut fleet = start(&spec, &shares)?;
     let opened = open_all(&mut fleet, bars, "connecting", load.connections).await?;
     if opened.ok == 0 {
-        bail!("no rpc client could connect to {}: {:?}", load.url, opened.errors);
+        bail!("no rpc client could connect to {}: {:?}", load.url_label(), opened.errors);
     }
     let processes = fleet.processes() as u64;
     let bar = bars.seconds("rpc", (plan.warmup + plan.measure).as_secs());

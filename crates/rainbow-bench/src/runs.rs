@@ -29,12 +29,16 @@ const FD_RESERVE: u64 = 512;
 /// Checks the load settings and resolves the gateway. Returns the spec and
 /// the number of connections one process may hold.
 pub async fn load_spec(load: &LoadArgs) -> anyhow::Result<(LoadSpec, usize)> {
-    load_spec_for(load, &load.url, Behaviour::Idle).await
+    load_spec_for(load, &load.urls, Behaviour::Idle).await
 }
 
-/// [`load_spec`] for connections to `url` (which may differ from
-/// `load.url`, e.g. with a channel filled in) doing `behaviour`.
-pub async fn load_spec_for(load: &LoadArgs, url: &str, behaviour: Behaviour) -> anyhow::Result<(LoadSpec, usize)> {
+/// [`load_spec`] for connections to `urls` (which may differ from
+/// `load.urls`, e.g. with a channel filled in) doing `behaviour`.
+pub async fn load_spec_for(
+    load: &LoadArgs,
+    urls: &[String],
+    behaviour: Behaviour,
+) -> anyhow::Result<(LoadSpec, usize)> {
     if load.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -44,21 +48,14 @@ pub async fn load_spec_for(load: &LoadArgs, url: &str, behaviour: Behaviour) -> 
     if !load.handshake_timeout.is_finite() || load.handshake_timeout <= 0.0 {
         bail!("--handshake-timeout must be a positive number of seconds");
     }
-    let target = Target::resolve(url).await?;
-    if !load.allow_remote && !target.addr().ip().is_loopback() {
-        bail!(
-            "{} resolves to {}, outside loopback; load tests go to 127.0.0.0/8 or ::1 (--allow-remote overrides)",
-            url,
-            target.addr().ip()
-        );
-    }
+    let targets = resolve_all(urls, load.allow_remote).await?;
     let mut per_process = load.per_process.max(1);
     if let Some(limit) = procfs::open_files_limit() {
         let room = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX).max(1);
         per_process = per_process.min(room);
     }
     let spec = LoadSpec {
-        target: Arc::new(target),
+        targets,
         concurrency: load.concurrency.max(1),
         sources: load.sources.clone(),
         handshake_timeout: Duration::from_secs_f64(load.handshake_timeout),
@@ -67,6 +64,26 @@ pub async fn load_spec_for(load: &LoadArgs, url: &str, behaviour: Behaviour) -> 
         worker_threads: load.worker_threads,
     };
     Ok((spec, per_process))
+}
+
+/// Resolves every URL (at least one), refusing addresses outside loopback
+/// unless `allow_remote`.
+pub async fn resolve_all(urls: &[String], allow_remote: bool) -> anyhow::Result<Vec<Arc<Target>>> {
+    if urls.is_empty() {
+        bail!("give at least one --url");
+    }
+    let mut targets = Vec::with_capacity(urls.len());
+    for url in urls {
+        let target = Target::resolve(url).await?;
+        if !allow_remote && !target.addr().ip().is_loopback() {
+            bail!(
+                "{url} resolves to {}, outside loopback; load tests go to 127.0.0.0/8 or ::1 (--allow-remote overrides)",
+                target.addr().ip()
+            );
+        }
+        targets.push(Arc::new(target));
+    }
+    Ok(targets)
 }
 
 /// Starts a fleet: this process for one share, workers for several.
@@ -134,7 +151,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<IdleResult> {
                 opened.failed,
                 args.warmup,
                 opened.errors,
-                args.load.url
+                args.load.url_label()
             );
         }
         if args.settle > 0.0 && args.settle.is_finite() {
@@ -181,7 +198,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<IdleResult> {
     ));
     Ok(IdleResult {
         bench: "idle",
-        url: args.load.url.clone(),
+        url: args.load.url_label(),
         pid: args.pid,
         connections: args.load.connections as u64,
         connections_ok: opened.ok,
@@ -238,7 +255,7 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<ConnectResult> {
     ));
     Ok(ConnectResult {
         bench: "connect",
-        url: args.load.url.clone(),
+        url: args.load.url_label(),
         connections: args.load.connections as u64,
         connections_ok: opened.ok,
         connections_failed: opened.failed,
@@ -266,10 +283,11 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<ConnectResult> {
 /// `rainbow-bench worker`: runs one share, printing [`engine::Event`]s as JSON
 /// lines on stdout; a line or end of file on stdin releases the connections.
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
-    let target = Arc::new(Target::resolve(&args.url).await?);
+    // The parent checked the addresses; a worker only follows its orders.
+    let targets = resolve_all(&args.urls, true).await?;
     let behaviour = args.behaviour()?;
     let plan = Plan {
-        target,
+        targets,
         count: args.connections,
         first_index: args.first_index,
         rate: if args.rate.is_finite() && args.rate > 0.0 { args.rate } else { 0.0 },

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 struct Gateway {
     addr: SocketAddr,
+    gateway: std::sync::Arc<rainbow_gateway::Gateway>,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<Result<(), rainbow_gateway::ServerError>>,
 }
@@ -37,11 +38,12 @@ impl Gateway {
         let config = Config::from_settings(&settings).expect("config");
         let server = Server::bind(config, None).await.expect("binds");
         let addr = server.local_addr();
+        let gateway = server.gateway();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        Gateway { addr, stop: Some(stop), handle }
+        Gateway { addr, gateway, stop: Some(stop), handle }
     }
 
     fn url(&self) -> String {
@@ -303,4 +305,36 @@ async fn binary_fanout_over_workers_counts_every_delivery() {
     assert_eq!(v["steps"][0]["deliveries"], 200);
     assert_eq!(v["lost"], 0);
     gw.stop().await;
+}
+
+/// Several `--url`s: connection i goes to URL i mod n, across worker
+/// processes too, so each gateway holds its even share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_every_url() {
+    let (a, b) = (Gateway::start().await, Gateway::start().await);
+    let (url_a, url_b) = (a.url(), b.url());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rainbow-bench"))
+        .args(["idle", "--url", &url_a, "--url", &url_b, "-n", "41", "--per-process", "15", "--hold", "3"])
+        .args(["--pid", &std::process::id().to_string(), "--warmup", "0", "--settle", "0", "--no-progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs the binary");
+    // While the connections are held, each gateway has its share.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let held = (a.gateway.hub.len(), b.gateway.hub.len());
+        if held == (21, 20) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gateways hold {held:?}, expected (21, 20)");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().await.expect("bench ends");
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(v["connections_ok"], 41);
+    assert_eq!(v["url"], format!("{url_a} {url_b}"));
+    a.stop().await;
+    b.stop().await;
 }
