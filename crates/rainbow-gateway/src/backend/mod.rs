@@ -286,6 +286,22 @@ mod tests {
     }
 
     #[test]
+    fn signed_url_appends_to_a_clean_query() {
+        for (base, first) in [("http://b/message/1/", None), ("http://b/message/1/?app=x%20y", Some("app"))] {
+            let url = reqwest::Url::parse(base).unwrap();
+            let signed = signed_url(url, &[("room".into(), "a&b".into())], "tok");
+            let pairs: Vec<(String, String)> = signed.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+            let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+            let want: Vec<&str> = first.into_iter().chain(["room", "timestamp", "nonce", "signature"]).collect();
+            assert_eq!(keys, want);
+            assert!(pairs.iter().any(|(k, v)| k == "room" && v == "a&b"));
+            assert!(first.is_none() || pairs[0].1 == "x y");
+            let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap();
+            assert_eq!(get("signature"), signature::signature("tok", &get("timestamp"), &get("nonce")));
+        }
+    }
+
+    #[test]
     fn clients_cannot_forge_gateway_headers() {
         assert!(is_withheld("RAINBOWCLIENTIDENTITY"));
         assert!(is_withheld("rainbowclientcookie"));

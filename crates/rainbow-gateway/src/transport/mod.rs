@@ -66,6 +66,39 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
+/// Why a request is not a WebSocket upgrade we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotWebSocket {
+    /// No `Connection: upgrade` and `Upgrade: websocket`.
+    NoUpgrade,
+    /// `Sec-WebSocket-Version` is missing or not 13.
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    NoKey,
+}
+
+/// Checks the headers of a WebSocket (version 13) upgrade request, for
+/// clients and workers alike; returns the `Sec-WebSocket-Accept` value.
+pub(crate) fn upgrade_accept(headers: &HeaderMap) -> Result<String, NotWebSocket> {
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(NotWebSocket::NoUpgrade);
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(NotWebSocket::Version);
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(NotWebSocket::NoKey)?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// The decoded query pairs of a request URI (empty without a query).
+pub(crate) fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default()
+}
+
 /// The device id and OS from headers (`X-DEVICEID`, also the original's
 /// `X_deviceid` spelling) or, for browsers, query parameters.
 fn device(headers: &HeaderMap, query: &[(String, String)]) -> Option<(String, String)> {
@@ -89,28 +122,24 @@ pub async fn connect(
 ) -> Response {
     let config = gw.config();
     let headers = request.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-    {
-        gw.metrics.connect("bad_request");
-        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade to /connect/\n");
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        gw.metrics.connect("bad_request");
-        let mut r = refuse(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version; use 13\n");
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return r;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        gw.metrics.connect("bad_request");
-        return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    let accept = match upgrade_accept(headers) {
+        Ok(accept) => accept,
+        Err(why) => {
+            gw.metrics.connect("bad_request");
+            return match why {
+                NotWebSocket::NoUpgrade => {
+                    refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade to /connect/\n")
+                }
+                NotWebSocket::Version => {
+                    let mut r = refuse(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version; use 13\n");
+                    r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                    r
+                }
+                NotWebSocket::NoKey => refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n"),
+            };
+        }
     };
-    let accept = derive_accept_key(key.as_bytes());
-    let query: Vec<(String, String)> = request
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-        .unwrap_or_default();
+    let query = query_pairs(request.uri());
     let Some((device_id, os)) = device(headers, &query) else {
         gw.metrics.connect("bad_request");
         // 401, as the original answered a handshake without device headers.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -32,7 +32,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -45,6 +44,7 @@ use crate::api::ops::Answer;
 use crate::api::param;
 use crate::signature::{RequestId, SignatureError, unix_now};
 use crate::state::Gateway;
+use crate::transport::{NotWebSocket, query_pairs, upgrade_accept};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -60,14 +60,6 @@ pub const HEADER_ALLOWANCE: usize = 64 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close frame may take to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
 
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({"status": 1, "msg": msg}))).into_response()
@@ -94,22 +86,15 @@ pub async fn endpoint(
     mut request: Request,
 ) -> Response {
     let config = gw.config();
-    let headers = request.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-        || headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket (version 13) upgrade to /worker/");
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    let accept = match upgrade_accept(request.headers()) {
+        Ok(accept) => accept,
+        Err(NotWebSocket::NoKey) => return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"),
+        Err(NotWebSocket::NoUpgrade | NotWebSocket::Version) => {
+            return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket (version 13) upgrade to /worker/");
+        }
     };
-    let accept = derive_accept_key(key.as_bytes());
     let uri = request.uri().clone();
-    let query: Vec<(String, String)> = uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-        .unwrap_or_default();
+    let query = query_pairs(&uri);
     let id = RequestId { method: "GET", path: uri.path(), query: uri.query().unwrap_or(""), body: b"" };
     let signed = (param(&query, "timestamp"), param(&query, "nonce"), param(&query, "signature"));
     match gw.verifier.verify(&config.security_token, signed, id, unix_now()) {
