@@ -89,27 +89,33 @@ port_free() {
   python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
 
-# wait_http URL PID NAME: until URL answers (any HTTP status) or PID dies (10 s).
-wait_http() {
-  local url=$1 pid=$2 name=$3
+# wait_ready PID NAME WHAT COMMAND...: runs COMMAND every 0.1 s until it
+# succeeds (0) or PID dies or 10 s pass (1, saying "NAME did not answer WHAT").
+wait_ready() {
+  local pid=$1 name=$2 what=$3
+  shift 3
   for _ in $(seq 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$name exited during startup" >&2
-      return 1
-    fi
-    if python3 - "$url" <<'PY' 2>/dev/null; then
+    kill -0 "$pid" 2>/dev/null || { echo "$name exited during startup" >&2; return 1; }
+    "$@" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$name did not answer $what within 10 s" >&2
+  return 1
+}
+
+# http_answers URL: whether URL answers at all (any HTTP status).
+http_answers() {
+  python3 -c '
 import sys, urllib.request, urllib.error
 try:
     urllib.request.urlopen(sys.argv[1], timeout=1).read()
 except urllib.error.HTTPError:
-    pass
-PY
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "$name did not answer $url within 10 s" >&2
-  return 1
+    pass' "$1"
+}
+
+# wait_http URL PID NAME: until URL answers (any HTTP status) or PID dies (10 s).
+wait_http() {
+  wait_ready "$2" "$3" "$1" http_answers "$1"
 }
 
 # start_gateway BIN_DIR [extra --set arguments...]
@@ -133,19 +139,10 @@ start_gateway() {
     "$@" >"$GW_LOG" 2>&1 &
   GW_PID=$!
   local url="http://127.0.0.1:$GW_PORT/hello/"
-  for _ in $(seq 100); do
-    if ! kill -0 "$GW_PID" 2>/dev/null; then
-      echo "the gateway exited during startup" >&2
-      return 1
-    fi
-    if python3 -c 'import sys, urllib.request; sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=1).read().strip() == b"ok" else 1)' "$url" 2>/dev/null; then
-      echo "gateway pid $GW_PID listening on 127.0.0.1:$GW_PORT" >&2
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "the gateway did not answer $url within 10 s" >&2
-  return 1
+  wait_ready "$GW_PID" "the gateway" "$url" python3 -c \
+    'import sys, urllib.request; sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=1).read().strip() == b"ok" else 1)' \
+    "$url" || return 1
+  echo "gateway pid $GW_PID listening on 127.0.0.1:$GW_PORT" >&2
 }
 
 # stop_gateway: SIGTERM, then wait for it.
@@ -164,16 +161,10 @@ start_redis() {
     --maxclients 1000 >"$BENCH_TMP/redis.log" 2>&1 &
   REDIS_PID=$!
   REDIS_URL="redis://127.0.0.1:$port/"
-  for _ in $(seq 100); do
-    kill -0 "$REDIS_PID" 2>/dev/null || { echo "redis-server exited during startup" >&2; return 1; }
-    if python3 -c 'import socket, sys; s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1); s.sendall(b"PING\r\n"); sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' "$port" 2>/dev/null; then
-      echo "redis pid $REDIS_PID on $REDIS_URL" >&2
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "redis-server did not answer PING within 10 s" >&2
-  return 1
+  wait_ready "$REDIS_PID" redis-server PING python3 -c \
+    'import socket, sys; s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1); s.sendall(b"PING\r\n"); sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)' \
+    "$port" || return 1
+  echo "redis pid $REDIS_PID on $REDIS_URL" >&2
 }
 
 stop_redis() {
