@@ -180,10 +180,18 @@ scale() {
     --warmup-timeout 300 --publish-timeout 60
   touch "$sampler_out.stop"
   wait "$sampler" || true
-  if [[ -s "$sampler_out" ]]; then
-    tag_json "$(cat "$sampler_out")" "nodes=$NODES" "date=$(date -u +%FT%TZ)" | tee -a "$results"
-  fi
+  [[ -s "$sampler_out" ]] || { echo "the cluster sampler reported nothing" >&2; cluster_down; return 1; }
+  tag_json "$(cat "$sampler_out")" "nodes=$NODES" "date=$(date -u +%FT%TZ)" | tee -a "$results"
   cluster_down
+  # The run fails unless the cluster listed every connection and the qos-1
+  # /send/ through the last node was acknowledged by every one of them.
+  python3 - "$sampler_out" "$N" <<'PY' >&2
+import json, sys
+r, want = json.load(open(sys.argv[1])), int(sys.argv[2])
+acked = r.get("send", {}).get("connections")
+print(f"cluster check: {r.get('total_connections')} connections listed, qos-1 send acknowledged by {acked} of {want}")
+sys.exit(0 if r.get("total_connections") == want and acked == want else 1)
+PY
 }
 
 "$MODE"

@@ -91,7 +91,9 @@ pub struct IdleArgs {
     /// Seconds to hold the connections idle once all are open.
     #[arg(long, default_value_t = 20)]
     pub hold: u64,
-    /// The gateway's process id (its /proc/PID/status is read).
+    /// The gateway's process id (its /proc/PID/status is read). With several
+    /// `--url`s, this one process's RSS is divided by every connection: give
+    /// several URLs only when this process serves them all.
     #[arg(long)]
     pub pid: u32,
     /// Connections opened and closed before the "before" RSS is read.
@@ -398,7 +400,9 @@ pub struct ChurnArgs {
     /// Seconds into the churn at which the reference RSS is taken.
     #[arg(long, default_value_t = 60.0)]
     pub baseline_at: f64,
-    /// The gateway's process id (its /proc/PID/status is read).
+    /// The gateway's process id (its /proc/PID/status is read). With several
+    /// `--url`s, this one process's RSS is divided by every connection: give
+    /// several URLs only when this process serves them all.
     #[arg(long)]
     pub pid: u32,
 }

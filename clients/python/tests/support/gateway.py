@@ -66,12 +66,23 @@ def start_gateway(binary: Path, workdir: Path, backend_url: str, token: str = TO
         f"close_url = {backend_url}/rainbow/close/\n"
         f"forward_url = {backend_url}/rainbow/message/{{message_type}}/\n"
     )
-    port = free_port()
+    return launch(binary, workdir, ini, token)
+
+
+def launch(
+    binary: Path, workdir: Path, ini: Path, token: str, port: Optional[int] = None, rust_log: Optional[str] = None
+) -> Gateway:
+    """Starts ``rainbow-server -f ini -p PORT`` (a free port unless given),
+    its output appended to ``workdir/gateway.log``, and polls ``GET /hello/``
+    until it answers ``ok`` (30 s)."""
+    port = port or free_port()
     log = workdir / "gateway.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         # The gateway reads RAINBOW_* variables as configuration: keep them
         # (RAINBOW_BIN included) away from it so the INI file is the whole config.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAINBOW_")}
+        if rust_log:
+            env.setdefault("RUST_LOG", rust_log)
         process = subprocess.Popen(
             [str(binary), "-f", str(ini), "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env
         )
@@ -90,7 +101,7 @@ def start_gateway(binary: Path, workdir: Path, backend_url: str, token: str = TO
         if time.monotonic() > deadline:
             gateway.stop()
             raise GatewayStartError(f"the gateway never answered /hello/ on port {port}:\n{gateway.log_tail()}")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 @dataclass

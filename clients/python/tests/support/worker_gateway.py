@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from backends.servers import free_port
-from support.gateway import TOKEN, Gateway, GatewayStartError
+from support.gateway import TOKEN, Gateway, launch
 
 APP = Path(__file__).resolve().parent / "worker_app.py"
 
@@ -55,7 +54,7 @@ def start_worker_gateway(
     if worker_keys:
         text += "\n[workers]\n" + "".join(f"{k} = {v}\n" for k, v in worker_keys.items())
     ini.write_text(text)
-    return _launch(binary, workdir, ini, token, port)
+    return launch(binary, workdir, ini, token, port, rust_log="info")
 
 
 def start_plain_gateway(binary: Path, workdir: Path, token: str = TOKEN) -> Gateway:
@@ -63,34 +62,7 @@ def start_plain_gateway(binary: Path, workdir: Path, token: str = TOKEN) -> Gate
     workdir.mkdir(parents=True, exist_ok=True)
     ini = workdir / "rainbow.ini"
     ini.write_text(f"[main]\nsecurity_token = {token}\n")
-    return _launch(binary, workdir, ini, token)
-
-
-def _launch(binary: Path, workdir: Path, ini: Path, token: str, port: Optional[int] = None) -> Gateway:
-    port = port or free_port()
-    log = workdir / "gateway.log"
-    with open(log, "ab") as out:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAINBOW_")}
-        env.setdefault("RUST_LOG", "info")
-        process = subprocess.Popen(
-            [str(binary), "-f", str(ini), "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env
-        )
-    gateway = Gateway(process, port, token, log)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise GatewayStartError(f"the gateway exited with {process.returncode} at startup:\n{gateway.log_tail()}")
-        try:
-            with opener.open(f"{gateway.url}/hello/", timeout=1) as rsp:
-                if rsp.read().strip() == b"ok":
-                    return gateway
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            gateway.stop()
-            raise GatewayStartError(f"the gateway never answered /hello/ on port {port}:\n{gateway.log_tail()}")
-        time.sleep(0.05)
+    return launch(binary, workdir, ini, token, rust_log="info")
 
 
 def has_worker_endpoint(binary: Path, workdir: Path) -> bool:

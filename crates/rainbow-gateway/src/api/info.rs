@@ -119,7 +119,7 @@ fn hostname() -> String {
 /// JSON with `?cluster=1`.
 pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
-    let query = query_pairs(&parts);
+    let query = query_pairs(&parts.uri);
     let config = gw.config();
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let stats = process_stats();

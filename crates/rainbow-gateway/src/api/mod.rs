@@ -63,11 +63,9 @@ pub fn answer(value: Value) -> Response {
     Json(value).into_response()
 }
 
-/// The query string as pairs.
-pub fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
-    parts
-        .uri
-        .query()
+/// The decoded query pairs of a request URI (empty without a query).
+pub fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    uri.query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
         .unwrap_or_default()
 }
@@ -98,7 +96,7 @@ pub async fn signed(gw: &Gateway, endpoint: &'static str, parts: &Parts, body: B
             return Err((StatusCode::PAYLOAD_TOO_LARGE, Json(msg)).into_response());
         }
     };
-    let query = query_pairs(parts);
+    let query = query_pairs(&parts.uri);
     let request = RequestId {
         method: parts.method.as_str(),
         path: parts.uri.path(),

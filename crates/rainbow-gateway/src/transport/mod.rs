@@ -92,13 +92,6 @@ pub(crate) fn upgrade_accept(headers: &HeaderMap) -> Result<String, NotWebSocket
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// The decoded query pairs of a request URI (empty without a query).
-pub(crate) fn query_pairs(uri: &axum::http::Uri) -> Vec<(String, String)> {
-    uri.query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-        .unwrap_or_default()
-}
-
 /// The device id and OS from headers (`X-DEVICEID`, also the original's
 /// `X_deviceid` spelling) or, for browsers, query parameters.
 fn device(headers: &HeaderMap, query: &[(String, String)]) -> Option<(String, String)> {
@@ -139,7 +132,7 @@ pub async fn connect(
             };
         }
     };
-    let query = query_pairs(request.uri());
+    let query = crate::api::query_pairs(request.uri());
     let Some((device_id, os)) = device(headers, &query) else {
         gw.metrics.connect("bad_request");
         // 401, as the original answered a handshake without device headers.

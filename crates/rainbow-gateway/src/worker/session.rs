@@ -41,10 +41,10 @@ use super::calls;
 use super::frame::{self, CallOp, FrameError, FromWorker};
 use super::pool::{DELIVERY_CAPACITY, Delivery, ReplyResult, WorkerId, WorkerReply};
 use crate::api::ops::Answer;
-use crate::api::param;
+use crate::api::{param, query_pairs};
 use crate::signature::{RequestId, SignatureError, unix_now};
 use crate::state::Gateway;
-use crate::transport::{NotWebSocket, query_pairs, upgrade_accept};
+use crate::transport::{NotWebSocket, upgrade_accept};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
