@@ -133,6 +133,9 @@ pub struct Metrics {
     pub retransmits: Counter,
     /// Forwards waiting for a global forward slot.
     pub forwards_waiting: Gauge,
+    /// Times a connection's forward queue filled and the gateway stopped
+    /// reading that client until the backend caught up.
+    pub forward_queue_full: Counter,
     /// 1 while this node reaches the cluster's Redis, 0 otherwise (and when
     /// not clustered).
     pub cluster_up: Gauge,
@@ -173,6 +176,7 @@ impl Metrics {
             duplicates: Counter::default(),
             retransmits: Counter::default(),
             forwards_waiting: Gauge::default(),
+            forward_queue_full: Counter::default(),
             cluster_up: Gauge::default(),
             cluster_messages: Family::default(),
             workers: Default::default(),
@@ -206,6 +210,11 @@ impl Metrics {
         registry.register("qos2_duplicates", "qos-2 duplicates not processed again", m.duplicates.clone());
         registry.register("retransmits", "DUP retransmissions to clients", m.retransmits.clone());
         registry.register("forwards_waiting", "Forwards waiting for a global slot", m.forwards_waiting.clone());
+        registry.register(
+            "forward_queue_full",
+            "Times a client's forward queue filled (max_pending_forwards) and its reading paused",
+            m.forward_queue_full.clone(),
+        );
         registry.register("cluster_up", "1 while the cluster's Redis is reachable", m.cluster_up.clone());
         registry.register("cluster_messages", "Messages between cluster nodes by kind", m.cluster_messages.clone());
         m.workers.register(&mut registry);

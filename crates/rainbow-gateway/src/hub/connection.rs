@@ -112,8 +112,14 @@ struct Outbox {
 pub struct ForwardQueue {
     /// Messages not yet picked up by a forward task.
     pub queue: VecDeque<Send>,
-    /// Forward tasks running for this connection.
-    pub active: usize,
+    /// Forward tasks running for this connection (`u32` keeps the struct
+    /// as small as with `active` alone).
+    pub active: u32,
+    /// The driver found the queue full and stopped reading the socket: the
+    /// forward task that next takes a message must wake it. Without this
+    /// flag every message taken would wake the driver, for nothing but in
+    /// the rare case of backpressure.
+    pub reader_paused: bool,
 }
 
 /// One client connection, as shared with the hub and the API.

@@ -279,9 +279,16 @@ impl<'a> State<'a> {
     }
 
     /// Whether to take client messages: not while the forward queue is full
-    /// (backpressure) or the connection is closing.
+    /// (backpressure). A full queue marks the reader paused, so that the
+    /// forward task that makes room wakes this driver.
     fn may_read(&self) -> bool {
-        self.conn.forwards().queue.len() < self.max_pending_forwards as usize
+        let mut forwards = self.conn.forwards();
+        let room = forwards.queue.len() < self.max_pending_forwards as usize;
+        if !room && !forwards.reader_paused {
+            forwards.reader_paused = true;
+            self.gw.metrics.forward_queue_full.inc();
+        }
+        room
     }
 
     /// Reads what the socket has and handles the messages in it.

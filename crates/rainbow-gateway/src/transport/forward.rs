@@ -26,7 +26,7 @@ pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: Send, concurrenc
     let start = {
         let mut forwards = conn.forwards();
         forwards.queue.push_back(send);
-        let start = forwards.active < concurrency;
+        let start = (forwards.active as usize) < concurrency;
         if start {
             forwards.active += 1;
         }
@@ -39,18 +39,20 @@ pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: Send, concurrenc
 
 async fn drain(gw: Arc<Gateway>, conn: Arc<Connection>) {
     loop {
-        let send = {
+        let (send, reader_paused) = {
             let mut forwards = conn.forwards();
             match forwards.queue.pop_front() {
-                Some(send) => send,
+                Some(send) => (send, std::mem::take(&mut forwards.reader_paused)),
                 None => {
                     forwards.active -= 1;
                     return;
                 }
             }
         };
-        // The queue shrank: the driver may resume reading.
-        conn.wake();
+        if reader_paused {
+            // The queue has room again: the driver may resume reading.
+            conn.wake();
+        }
         forward_one(&gw, &conn, send).await;
     }
 }

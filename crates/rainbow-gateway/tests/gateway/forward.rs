@@ -157,3 +157,37 @@ async fn a_slow_backend_times_out_and_the_client_gets_no_reply() {
     assert_silent(&mut ws, Duration::from_millis(800)).await;
     assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"timeout\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_full_forward_queue_pauses_reading_and_every_message_is_still_answered() {
+    let backend = Backend::start().await;
+    backend.on_forward(|call| Reply::ok(&String::from_utf8_lossy(&call.body)).delay(Duration::from_millis(15)));
+    // Two may wait while one is at the backend: the client's 12 messages fill
+    // the queue again and again, so the driver pauses reading and must be
+    // woken each time the forward task makes room.
+    let gw = TestGateway::start(&backend, &[("max_pending_forwards", "2"), ("forward_concurrency", "1")]).await;
+    let mut ws = raw_connect(&gw).await;
+    for id in 1..=12u16 {
+        let payload = format!("m{id}");
+        send_packet(
+            &mut ws,
+            Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: payload.into() }),
+        )
+        .await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 12 {
+        match next_packet(&mut ws).await {
+            Packet::Ack(PacketReply { id, payload }) => {
+                assert_eq!(payload, format!("m{id}").as_bytes(), "the reply of message {id}");
+                acked.push(id);
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, (1..=12).collect::<Vec<_>>(), "answered in order, none stuck behind the paused reader");
+    let bodies: Vec<String> =
+        backend.calls("forward").iter().map(|c| String::from_utf8_lossy(&c.body).into_owned()).collect();
+    assert_eq!(bodies, (1..=12).map(|n| format!("m{n}")).collect::<Vec<_>>());
+    assert!(gw.metric("rainbow_forward_queue_full_total").await >= 1.0, "the reader paused at least once");
+}
