@@ -11,6 +11,10 @@
 #      FIXED_SECS seconds.
 # Each run has a fresh server of its own (started before, stopped after).
 #
+# TARGETS may add `floor`: `rainbow-bench floor`, a server that does nothing
+# but one send(2) per delivery, which shows the least any server could need
+# on this machine with this load generator.
+#
 # Environment: N (19000), TARGETS ("rainbow nchan pushpin"), ROUNDS (1: how
 # many times the whole list is measured, interleaved), START (50000; Pushpin:
 # PUSHPIN_START, 5000, its capacity here is near 10,000), FACTOR (1.25),
@@ -78,6 +82,10 @@ start_target() {
       start_nchan || return 1
       URL="ws://127.0.0.1:$NCHAN_PORT/sub/{channel}" PIDS=$NCHAN_PIDS
       ;;
+    floor)
+      start_floor || return 1
+      URL="ws://127.0.0.1:$FLOOR_PORT/sub/{channel}" PIDS=$FLOOR_PID
+      ;;
     pushpin)
       start_pushpin || return 1
       URL="ws://127.0.0.1:$PUSHPIN_PORT/{channel}" PIDS=$PUSHPIN_PIDS
@@ -94,6 +102,7 @@ stop_target() {
   case $1 in
     rainbow) stop_gateway ;;
     nchan) stop_nchan ;;
+    floor) stop_floor ;;
     pushpin) stop_pushpin ;;
   esac
 }

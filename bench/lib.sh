@@ -6,6 +6,8 @@
 #       RAINBOW_BIN (a path to the `rainbow` binary) wins over BIN_DIR/rainbow.
 #   start_backend                                `rainbow-bench backend` on a free
 #       port; sets BE_PID, BE_PORT, BE_URL.
+#   start_floor                                  `rainbow-bench floor` on a free port;
+#       sets FLOOR_PID, FLOOR_PORT.
 #   start_nchan                                  nginx + Nchan (bench/peers/nginx.conf.in);
 #       sets NCHAN_PID (master), NCHAN_PIDS (master and workers), NCHAN_PORT.
 #   start_pushpin                                Pushpin routed to the backend;
@@ -14,7 +16,7 @@
 #       sets REDIS_PID, REDIS_URL.
 #   start_nodes K BIN_DIR [--set ...]            K Rainbow nodes clustered over REDIS_URL;
 #       sets NODE_PIDS, NODE_URLS (arrays) and NODE_BASES (http://HOST:PORT each).
-#   stop_gateway / stop_backend / stop_nchan / stop_pushpin / stop_redis / stop_nodes
+#   stop_gateway / stop_backend / stop_floor / stop_nchan / stop_pushpin / stop_redis / stop_nodes
 #   pid_args PID...                              "--pid P" for each id
 #
 # BENCH_BIN is the rainbow-bench binary (default target/release/rainbow-bench,
@@ -63,8 +65,9 @@ bench_cleanup() {
   stop_redis
   stop_pid "${GW_PID:-}"
   stop_pid "${BE_PID:-}"
+  stop_floor
   if [[ $status -ne 0 ]]; then
-    for log in "$GW_LOG" "$BENCH_TMP"/node-*.log "$BENCH_TMP"/redis.log "$BENCH_TMP"/backend.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
+    for log in "$GW_LOG" "$BENCH_TMP"/node-*.log "$BENCH_TMP"/redis.log "$BENCH_TMP"/backend.err "$BENCH_TMP"/floor.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
       if [[ -s "$log" ]]; then
         echo "--- last lines of $log ---" >&2
         tail -n 20 "$log" >&2 || true
@@ -199,22 +202,42 @@ stop_nodes() {
   NODE_BASES=()
 }
 
-# start_backend: `rainbow-bench backend` on a free port (needs BENCH_BIN).
-start_backend() {
-  nice -n "$BENCH_NICE" "$BENCH_BIN" backend --port 0 >"$BENCH_TMP/backend.out" 2>"$BENCH_TMP/backend.err" &
-  BE_PID=$!
+# start_bench_server KIND: `rainbow-bench KIND --port 0` (backend or floor)
+# on a free port, once it has printed its JSON line; sets SRV_PID, SRV_PORT.
+start_bench_server() {
+  local kind=$1
+  nice -n "$BENCH_NICE" "$BENCH_BIN" "$kind" --port 0 >"$BENCH_TMP/$kind.out" 2>"$BENCH_TMP/$kind.err" &
+  SRV_PID=$!
   for _ in $(seq 100); do
-    if [[ -s "$BENCH_TMP/backend.out" ]]; then
-      BE_PORT=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["listening"].rsplit(":", 1)[1])' "$BENCH_TMP/backend.out")
-      BE_URL="http://127.0.0.1:$BE_PORT"
-      echo "backend pid $BE_PID listening on 127.0.0.1:$BE_PORT" >&2
+    if [[ -s "$BENCH_TMP/$kind.out" ]]; then
+      SRV_PORT=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["listening"].rsplit(":", 1)[1])' "$BENCH_TMP/$kind.out")
+      echo "$kind pid $SRV_PID listening on 127.0.0.1:$SRV_PORT" >&2
       return 0
     fi
-    kill -0 "$BE_PID" 2>/dev/null || { echo "the backend exited during startup" >&2; return 1; }
+    kill -0 "$SRV_PID" 2>/dev/null || { echo "the $kind exited during startup" >&2; return 1; }
     sleep 0.1
   done
-  echo "the backend did not start within 10 s" >&2
+  echo "the $kind did not start within 10 s" >&2
   return 1
+}
+
+# start_backend: `rainbow-bench backend` on a free port (needs BENCH_BIN).
+start_backend() {
+  start_bench_server backend || return 1
+  BE_PID=$SRV_PID BE_PORT=$SRV_PORT
+  BE_URL="http://127.0.0.1:$BE_PORT"
+}
+
+# start_floor: `rainbow-bench floor` (one send(2) per delivery, Nchan's URLs)
+# on a free port; sets FLOOR_PID, FLOOR_PORT.
+start_floor() {
+  start_bench_server floor || return 1
+  FLOOR_PID=$SRV_PID FLOOR_PORT=$SRV_PORT
+}
+
+stop_floor() {
+  stop_pid "${FLOOR_PID:-}"
+  FLOOR_PID=
 }
 
 stop_backend() {

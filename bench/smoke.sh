@@ -2,8 +2,9 @@
 # A quick end-to-end check of the gateway and the bench, for CI (about 15 s
 # once built): 200 idle connections held 2 s, 200 handshakes at 1000/s, a
 # fan-out of 20 publications to 300 subscribers (subscribed by the connect
-# hook of `rainbow-bench backend`), and 1 s of qos-1 round trips from 4
-# clients through the forward hook. Fails unless every connection opened and
+# hook of `rainbow-bench backend`), 1 s of qos-1 round trips from 4
+# clients through the forward hook, and the same small fan-out against
+# `rainbow-bench floor`. Fails unless every connection opened and
 # stayed open, no delivery was lost and every round trip was answered.
 #
 # Uses debug binaries (`cargo build`, cheap when already built); PROFILE=release
@@ -80,6 +81,13 @@ check rpc "$rpc" 'r["connections_failed"] == 0' 'r["gateway"]["failed"] == 0' 'r
   'r["direct"]["failed"] == 0' 'r["direct"]["round_trips"] >= 200'
 stop_gateway
 stop_backend
+
+# The floor server (the machine's own limit, see docs/PERFORMANCE.md).
+start_floor
+floor=$(timeout 40 "$BENCH_BIN" fanout --target floor --url "ws://127.0.0.1:$FLOOR_PORT/sub/{channel}" --connections 300 \
+  --publish-rate 20 --duration 1 --drain 5 --pause 0.2 --pid "$FLOOR_PID" --no-progress)
+check floor "$floor" 'r["connections_failed"] == 0' 'r["lost"] == 0' 'r["steps"][0]["deliveries"] == 20 * 300'
+stop_floor
 
 if [[ $failures -ne 0 ]]; then
   echo "smoke: FAILED ($failures checks)" >&2

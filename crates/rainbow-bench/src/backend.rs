@@ -155,10 +155,10 @@ async fn answer(setup: Arc<Setup>, request: Request<Incoming>) -> Result<Respons
     Ok(response(StatusCode::OK, "application/json", setup.reply.clone()))
 }
 
-/// The line `rainbow-bench backend` prints once it listens.
+/// The line `rainbow-bench backend` (and `floor`) prints once it listens.
 #[derive(Debug, Serialize)]
 pub struct Listening {
-    /// Always `"backend"`.
+    /// `"backend"` or `"floor"`.
     pub bench: &'static str,
     /// The address it listens on.
     pub listening: String,

@@ -38,6 +38,8 @@ pub enum Command {
     Churn(ChurnArgs),
     /// A minimal fast backend: connect/close hooks, forward hook, Pushpin WebSocket-over-HTTP.
     Backend(BackendArgs),
+    /// A fan-out server doing one send(2) per delivery and nothing else (Nchan's URLs): this machine's floor.
+    Floor(FloorArgs),
     /// Run one share of a load and report JSON lines (started by the bench itself).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -254,6 +256,8 @@ pub enum TargetKind {
     /// subscribes them over WebSocket-over-HTTP), publications by
     /// `POST http://127.0.0.1:5561/publish/` with a `ws-message` item.
     Pushpin,
+    /// `rainbow-bench floor`: Nchan's URLs and frames (`/sub/C`, `POST /pub/C`).
+    Floor,
 }
 
 /// `rainbow-bench fanout`.
@@ -419,6 +423,20 @@ pub struct BackendArgs {
     /// Body of the answer to forward-hook POSTs.
     #[arg(long, default_value = r#"{"ok":true}"#)]
     pub reply: String,
+}
+
+/// `rainbow-bench floor`.
+#[derive(Args, Debug, Clone)]
+pub struct FloorArgs {
+    /// Port to listen on (0 = a free one; the JSON line says which).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Threads writing each publication (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[cfg(test)]

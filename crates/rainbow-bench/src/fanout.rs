@@ -89,7 +89,7 @@ pub fn subscribe_url(kind: TargetKind, template: &str, channel: &str) -> String 
             let sep = if template.contains('?') { '&' } else { '?' };
             format!("{template}{sep}channel={channel}")
         }
-        TargetKind::Nchan | TargetKind::Pushpin => template.to_string(),
+        TargetKind::Nchan | TargetKind::Pushpin | TargetKind::Floor => template.to_string(),
     }
 }
 
@@ -103,7 +103,7 @@ pub fn publish_url(kind: TargetKind, given: Option<&str>, subscribe: &str, chann
     let authority = uri.authority().with_context(|| format!("{subscribe:?} has no host"))?;
     Ok(match kind {
         TargetKind::Rainbow => format!("http://{authority}/send/"),
-        TargetKind::Nchan => format!("http://{authority}/pub/{channel}"),
+        TargetKind::Nchan | TargetKind::Floor => format!("http://{authority}/pub/{channel}"),
         TargetKind::Pushpin => PUSHPIN_PUBLISH.to_string(),
     })
 }
@@ -148,7 +148,7 @@ impl Peer {
                     body: Bytes::from(payload),
                 }
             }
-            TargetKind::Nchan => {
+            TargetKind::Nchan | TargetKind::Floor => {
                 Call { path: self.url.path().to_string(), content_type: "text/plain", body: Bytes::from(payload) }
             }
             TargetKind::Pushpin => {
@@ -172,7 +172,7 @@ impl Peer {
                     && serde_json::from_slice::<serde_json::Value>(&answer.body)
                         .is_ok_and(|v| v.get("status").and_then(serde_json::Value::as_i64) == Some(0))
             }
-            TargetKind::Nchan | TargetKind::Pushpin => (200..300).contains(&answer.status),
+            TargetKind::Nchan | TargetKind::Pushpin | TargetKind::Floor => (200..300).contains(&answer.status),
         }
     }
 }
@@ -339,7 +339,7 @@ pub struct StepResult {
 pub struct FanoutResult {
     /// Always `"fanout"`.
     pub bench: &'static str,
-    /// `rainbow`, `nchan` or `pushpin`.
+    /// `rainbow`, `nchan`, `pushpin` or `floor`.
     pub target: String,
     /// The subscribers' URL.
     pub url: String,

@@ -5,7 +5,7 @@
 //! (progress bars go to stderr). The pieces:
 //!
 //! - [`cli`]: the command line (`idle`, `connect`, `fanout`, `rpc`, `churn`,
-//!   `backend`, and the hidden `worker`);
+//!   `backend`, `floor`, and the hidden `worker`);
 //! - [`sources`]: the client source addresses (127.0.0.2, 127.0.0.3, ...) that
 //!   connections are spread over, so ephemeral ports never run out;
 //! - [`conn`]: one connection — bind, connect, WebSocket handshake with small
@@ -27,6 +27,8 @@
 //! - [`sign`]: signatures of the gateway's API calls (spec §7);
 //! - [`http`]: a lean HTTP/1.1 keep-alive client;
 //! - [`backend`]: `rainbow-bench backend`, the benchmarks' own fast backend;
+//! - [`floor`]: `rainbow-bench floor`, a fan-out server doing nothing but one
+//!   `send(2)` per delivery, to measure the machine's own limit;
 //! - [`report`]: the JSON results and the latency statistics;
 //! - [`procfs`]: RSS and CPU time of a process from `/proc`;
 //! - [`progress`]: the indicatif bars.
@@ -44,6 +46,7 @@ pub mod conn;
 pub mod engine;
 pub mod fanout;
 pub mod fleet;
+pub mod floor;
 pub mod http;
 pub mod latency;
 pub mod procfs;

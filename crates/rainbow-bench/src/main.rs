@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rainbow_bench::backend::{Backend, Listening};
-use rainbow_bench::cli::{BackendArgs, Cli, Command};
+use rainbow_bench::cli::{BackendArgs, Cli, Command, FloorArgs};
+use rainbow_bench::floor::Floor;
 use rainbow_bench::{churn, fanout, rpc, runs};
 use serde::Serialize;
 
@@ -42,22 +43,50 @@ async fn terminated() {
 /// until SIGTERM/SIGINT, then prints its counts on stderr.
 async fn backend(args: &BackendArgs) -> ExitCode {
     let addr = std::net::SocketAddr::new(args.bind, args.port);
-    let server = match Backend::bind(addr, bytes::Bytes::from(args.reply.clone())).await {
-        Ok(s) => s,
+    match Backend::bind(addr, bytes::Bytes::from(args.reply.clone())).await {
+        Ok(server) => {
+            let counts = server.counts();
+            let listening = server.local_addr();
+            serve("backend", listening, server.serve(terminated()), move || counts.summary()).await
+        }
         Err(e) => {
             eprintln!("rainbow-bench backend: {e:#}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let counts = server.counts();
-    let listening =
-        server.local_addr().map(|a| Listening { bench: "backend", listening: a.to_string(), pid: std::process::id() });
+    }
+}
+
+/// `rainbow-bench floor`, as `backend`.
+async fn floor(args: &FloorArgs) -> ExitCode {
+    let addr = std::net::SocketAddr::new(args.bind, args.port);
+    match Floor::bind(addr, args.threads).await {
+        Ok(server) => {
+            let counts = server.counts();
+            let listening = server.local_addr();
+            serve("floor", listening, server.serve(terminated()), move || counts.summary()).await
+        }
+        Err(e) => {
+            eprintln!("rainbow-bench floor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a server's JSON line (`{"bench": NAME, "listening": ..., "pid": ...}`),
+/// runs it to its end, then prints its summary on stderr.
+async fn serve(
+    name: &'static str,
+    listening: anyhow::Result<std::net::SocketAddr>,
+    running: impl std::future::Future<Output = ()>,
+    summary: impl FnOnce() -> String,
+) -> ExitCode {
+    let listening = listening.map(|a| Listening { bench: name, listening: a.to_string(), pid: std::process::id() });
     let code = emit(listening);
     if code != ExitCode::SUCCESS {
         return code;
     }
-    server.serve(terminated()).await;
-    eprintln!("{}", counts.summary());
+    running.await;
+    eprintln!("{}", summary());
     ExitCode::SUCCESS
 }
 
@@ -98,6 +127,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Rpc(args) => emit(Box::pin(rpc::rpc(&args)).await),
         Command::Churn(args) => emit(Box::pin(churn::churn(&args)).await),
         Command::Backend(args) => Box::pin(backend(&args)).await,
+        Command::Floor(args) => Box::pin(floor(&args)).await,
         Command::Worker(args) => match runs::worker(&args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
