@@ -6,7 +6,7 @@
 #       RAINBOW_BIN (a path to the `rainbow` binary) wins over BIN_DIR/rainbow.
 #   start_backend                                `rainbow-bench backend` on a free
 #       port; sets BE_PID, BE_PORT, BE_URL.
-#   start_floor                                  `rainbow-bench floor` on a free port;
+#   start_floor [--forward URL]                  `rainbow-bench floor` on a free port;
 #       sets FLOOR_PID, FLOOR_PORT.
 #   start_nchan                                  nginx + Nchan (bench/peers/nginx.conf.in);
 #       sets NCHAN_PID (master), NCHAN_PIDS (master and workers), NCHAN_PORT.
@@ -202,11 +202,13 @@ stop_nodes() {
   NODE_BASES=()
 }
 
-# start_bench_server KIND: `rainbow-bench KIND --port 0` (backend or floor)
-# on a free port, once it has printed its JSON line; sets SRV_PID, SRV_PORT.
+# start_bench_server KIND [ARGS...]: `rainbow-bench KIND --port 0 ARGS...`
+# (backend or floor) on a free port, once it has printed its JSON line; sets
+# SRV_PID, SRV_PORT.
 start_bench_server() {
   local kind=$1
-  nice -n "$BENCH_NICE" "$BENCH_BIN" "$kind" --port 0 >"$BENCH_TMP/$kind.out" 2>"$BENCH_TMP/$kind.err" &
+  shift
+  nice -n "$BENCH_NICE" "$BENCH_BIN" "$kind" --port 0 "$@" >"$BENCH_TMP/$kind.out" 2>"$BENCH_TMP/$kind.err" &
   SRV_PID=$!
   for _ in $(seq 100); do
     if [[ -s "$BENCH_TMP/$kind.out" ]]; then
@@ -228,10 +230,11 @@ start_backend() {
   BE_URL="http://127.0.0.1:$BE_PORT"
 }
 
-# start_floor: `rainbow-bench floor` (one send(2) per delivery, Nchan's URLs)
-# on a free port; sets FLOOR_PID, FLOOR_PORT.
+# start_floor [ARGS...]: `rainbow-bench floor` (one send(2) per fan-out
+# delivery, Nchan's URLs; `--forward URL` relays rpc clients) on a free port;
+# sets FLOOR_PID, FLOOR_PORT.
 start_floor() {
-  start_bench_server floor || return 1
+  start_bench_server floor "$@" || return 1
   FLOOR_PID=$SRV_PID FLOOR_PORT=$SRV_PORT
 }
 

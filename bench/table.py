@@ -121,11 +121,13 @@ def rpc(rows):
                 other = None
                 if leg.get("machine_cpu_seconds") is not None:
                     other = leg["machine_cpu_seconds"] - sum(leg.get(k) or 0 for k in ("gateway_cpu_seconds", "backend_cpu_seconds", "bench_cpu_seconds"))
+                label = "floor" if path == "gateway" and r.get("server") == "floor" else path
                 out.append(
-                    f"| {i} | {r['clients']} × {r['window']} | {path} | {num(leg['round_trips_per_sec'])} | {num(leg['p50_us'])} "
+                    f"| {i} | {r['clients']} × {r['window']} | {label} | {num(leg['round_trips_per_sec'])} | {num(leg['p50_us'])} "
                     f"| {num(leg['p99_us'])} | {num(leg['failed'])} | {num(leg.get('gateway_cpu_seconds'), 2)} "
                     f"| {num(leg.get('backend_cpu_seconds'), 2)} | {num(leg.get('bench_cpu_seconds'), 2)} | {num(other, 2)} |")
-        out.append(f"| {i} | | **gateway vs direct** | **{num((r.get('throughput_ratio') or 0) * 100, 1)} % of direct** "
+        vs = "floor vs direct" if r.get("server") == "floor" else "gateway vs direct"
+        out.append(f"| {i} | | **{vs}** | **{num((r.get('throughput_ratio') or 0) * 100, 1)} % of direct** "
                    f"| **{r.get('overhead_p50_us') or 0:+,.0f} µs** | | | | | | |")
     return out
 

@@ -38,7 +38,7 @@ pub enum Command {
     Churn(ChurnArgs),
     /// A minimal fast backend: connect/close hooks, forward hook, Pushpin WebSocket-over-HTTP.
     Backend(BackendArgs),
-    /// A fan-out server doing one send(2) per delivery and nothing else (Nchan's URLs): this machine's floor.
+    /// The least a server can do: one send(2) per fan-out delivery, one HTTP call per rpc message.
     Floor(FloorArgs),
     /// Run one share of a load and report JSON lines (started by the bench itself).
     #[command(hide = true)]
@@ -437,6 +437,10 @@ pub struct FloorArgs {
     /// Threads writing each publication (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Relay WebSocket clients (any path but `/sub/C`) to this backend URL,
+    /// one HTTP POST per SEND, for `rpc`; without it they are refused.
+    #[arg(long)]
+    pub forward: Option<String>,
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ impl HttpUrl {
         self.addr
     }
 
+    /// The `Host` header value (host and port as given).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Path and query of the URL.
     pub fn path(&self) -> &str {
         &self.path

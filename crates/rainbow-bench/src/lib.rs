@@ -27,8 +27,9 @@
 //! - [`sign`]: signatures of the gateway's API calls (spec §7);
 //! - [`http`]: a lean HTTP/1.1 keep-alive client;
 //! - [`backend`]: `rainbow-bench backend`, the benchmarks' own fast backend;
-//! - [`floor`]: `rainbow-bench floor`, a fan-out server doing nothing but one
-//!   `send(2)` per delivery, to measure the machine's own limit;
+//! - [`floor`]: `rainbow-bench floor`, a server doing the least possible (one
+//!   `send(2)` per fan-out delivery, one HTTP call per rpc message), to
+//!   measure the machine's own limit;
 //! - [`report`]: the JSON results and the latency statistics;
 //! - [`procfs`]: RSS and CPU time of a process from `/proc`;
 //! - [`progress`]: the indicatif bars.

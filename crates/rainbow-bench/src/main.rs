@@ -59,7 +59,7 @@ async fn backend(args: &BackendArgs) -> ExitCode {
 /// `rainbow-bench floor`, as `backend`.
 async fn floor(args: &FloorArgs) -> ExitCode {
     let addr = std::net::SocketAddr::new(args.bind, args.port);
-    match Floor::bind(addr, args.threads).await {
+    match Floor::bind(addr, args.threads, args.forward.as_deref()).await {
         Ok(server) => {
             let counts = server.counts();
             let listening = server.local_addr();
