@@ -233,13 +233,24 @@ impl Connection {
     /// Queues an answer to the client's own message. Not subject to the
     /// outbox bound: the forward queue already bounds how many can exist.
     pub fn push_reply(&self, item: Outgoing) {
+        if self.queue_reply(item) {
+            self.wake();
+        }
+    }
+
+    /// As [`Connection::push_reply`], without waking the driver: for code the
+    /// driver itself runs, which looks at the outbox before it sleeps.
+    pub fn push_reply_quietly(&self, item: Outgoing) {
+        self.queue_reply(item);
+    }
+
+    fn queue_reply(&self, item: Outgoing) -> bool {
         let mut outbox = lock(&self.outbox);
         if outbox.finished {
-            return;
+            return false;
         }
         outbox.queue.push_back(item);
-        drop(outbox);
-        self.wake();
+        true
     }
 
     /// Orders the connection closed. The first order wins.

@@ -80,6 +80,11 @@ pub fn drive<'a>(
             }
             Ending::Ended(reason) => (reason, reason == DisconnectReason::Client),
         };
+        // A call under way completes (and the next ones are dropped with
+        // the queue): the backend may already be acting on it.
+        if let Some(drain) = driver.state.qos.as_mut().and_then(|q| q.forwarding.take()) {
+            gw.tasks.spawn(drain);
+        }
         // Our close frame, or the echo of the client's: let it go out to
         // complete the closing handshake. Boxed: the timer is needed only now.
         if flush && driver.socket.queued() > 0 {
@@ -140,13 +145,17 @@ impl RateLimit {
     }
 }
 
-/// The QoS state machines, allocated while qos 1/2 exchanges are under way
+/// The state of exchanges under way: the QoS state machines and the forward
+/// queue's inline drain. Allocated while a message is in flight either way
 /// (an idle connection holds none).
 struct Qos {
     /// Our SENDs to the client.
     outbound: Outbound<Arc<Publication>>,
     /// The client's SENDs.
     inbound: Inbound,
+    /// The forward queue's drain, when it runs in this task
+    /// (`forward_concurrency` 1, see [`forward`]).
+    forwarding: Option<forward::DrainFuture>,
 }
 
 impl Qos {
@@ -160,12 +169,13 @@ impl Qos {
         Box::new(Qos {
             outbound: Outbound::continuing(outbound, last_id),
             inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
+            forwarding: None,
         })
     }
 
     /// Nothing in flight either way: the state can go.
     fn is_idle(&self) -> bool {
-        self.outbound.in_flight() == 0 && self.inbound.unreleased() == 0
+        self.outbound.in_flight() == 0 && self.inbound.unreleased() == 0 && self.forwarding.is_none()
     }
 }
 
@@ -240,6 +250,8 @@ impl Driver<'_> {
                     Ok(Io::Flushed) => Turn::Continue,
                     Err(e) => Turn::End(socket_error("write", &e)),
                 }
+            } else if state.poll_forwarding(cx, reading) {
+                Turn::Continue
             } else if let Some(timer) = self.timer.as_mut()
                 && timer.as_mut().poll(cx).is_ready()
             {
@@ -289,6 +301,19 @@ impl<'a> State<'a> {
             self.gw.metrics.forward_queue_full.inc();
         }
         room
+    }
+
+    /// Polls the inline drain, if any. `true` if the loop must turn again:
+    /// the drain is done (its replies are in the outbox), or it took a
+    /// message from a full queue, so reading may resume.
+    fn poll_forwarding(&mut self, cx: &mut Context<'_>, reading: bool) -> bool {
+        let Some(qos) = self.qos.as_mut() else { return false };
+        let Some(drain) = qos.forwarding.as_mut() else { return false };
+        if drain.as_mut().poll(cx).is_ready() {
+            qos.forwarding = None;
+            return true;
+        }
+        !reading && self.may_read()
     }
 
     /// Reads what the socket has and handles the messages in it.
@@ -427,7 +452,10 @@ impl<'a> State<'a> {
                 self.gw.metrics.messages_in.0[usize::from(send.qos.as_u8())].inc();
                 match self.qos().inbound.on_send(now, &send) {
                     Ok(Disposition::Process) => {
-                        forward::enqueue(self.gw, self.conn, send, self.forward_concurrency as usize);
+                        let concurrency = self.forward_concurrency as usize;
+                        if let Some(drain) = forward::enqueue(self.gw, self.conn, send, concurrency) {
+                            self.qos().forwarding = Some(drain);
+                        }
                     }
                     Ok(Disposition::Duplicate(rec)) => {
                         self.gw.metrics.duplicates.inc();

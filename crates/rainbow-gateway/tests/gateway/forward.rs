@@ -191,3 +191,26 @@ async fn a_full_forward_queue_pauses_reading_and_every_message_is_still_answered
     assert_eq!(bodies, (1..=12).map(|n| format!("m{n}")).collect::<Vec<_>>());
     assert!(gw.metric("rainbow_forward_queue_full_total").await >= 1.0, "the reader paused at least once");
 }
+
+#[tokio::test]
+async fn a_call_under_way_completes_after_the_client_leaves() {
+    let backend = Backend::start().await;
+    backend.on_forward(|_| Reply::ok("late").delay(Duration::from_millis(300)));
+    let gw = TestGateway::start(&backend, &[]).await;
+    let mut ws = raw_connect(&gw).await;
+    send_packet(
+        &mut ws,
+        Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
+    )
+    .await;
+    backend.wait_calls("forward", 1).await;
+    drop(ws);
+    backend.wait_calls("close", 1).await;
+    // The call is not cancelled with the connection: the backend may already
+    // be acting on it, so the gateway waits for its answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while gw.metric("rainbow_forwards_total{outcome=\"ok\"}").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the forward call was abandoned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
