@@ -214,3 +214,35 @@ async fn a_call_under_way_completes_after_the_client_leaves() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn forward_concurrency_above_one_calls_the_backend_in_parallel() {
+    let backend = Backend::start().await;
+    backend.on_forward(|call| Reply::ok(&String::from_utf8_lossy(&call.body)).delay(Duration::from_secs(1)));
+    let gw = TestGateway::start(&backend, &[("forward_concurrency", "4")]).await;
+    let mut ws = raw_connect(&gw).await;
+    for id in 1..=4u16 {
+        let payload = format!("m{id}");
+        send_packet(
+            &mut ws,
+            Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: payload.into() }),
+        )
+        .await;
+    }
+    // One at a time, the second call would start only after the first's
+    // answer (1 s); four drains have all four under way at once.
+    let started = tokio::time::timeout(Duration::from_millis(800), backend.wait_calls("forward", 4)).await;
+    assert!(started.is_ok(), "the four calls did not run at once: {} started", backend.calls("forward").len());
+    let mut acked = Vec::new();
+    while acked.len() < 4 {
+        match next_packet(&mut ws).await {
+            Packet::Ack(PacketReply { id, payload }) => {
+                assert_eq!(payload, format!("m{id}").as_bytes());
+                acked.push(id);
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, [1, 2, 3, 4]);
+}
