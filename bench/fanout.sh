@@ -22,7 +22,8 @@
 # QOS (0), PAYLOAD (64 bytes), RATE (subscriber connections per second, 2000;
 # Pushpin: PUSHPIN_RATE, 500, as its WebSocket-over-HTTP opening answers 502
 # to part of the handshakes at 2000/s),
-# LAG_MS (2000: a step whose p99 exceeds 2 s lags), RAINBOW_BIN / BENCH_BIN (binaries; default target/release,
+# LAG_MS (2000: a step whose p99 exceeds 2 s lags), MODES ("saturation fixed":
+# which of the two runs), RAINBOW_BIN / BENCH_BIN (binaries; default target/release,
 # built if missing), NGINX_WORKERS (default: cores). Needs bench/install-peers.sh
 # for the peers; a peer that is not installed is reported as skipped.
 set -euo pipefail
@@ -44,6 +45,7 @@ PAYLOAD=${PAYLOAD:-64}
 RATE=${RATE:-2000}
 PUSHPIN_RATE=${PUSHPIN_RATE:-500}
 LAG_MS=${LAG_MS:-2000}
+MODES=${MODES:-saturation fixed}
 
 ensure_release
 start_backend
@@ -114,7 +116,7 @@ measure() {
   local target=$1 start=$START
   [[ $target == pushpin ]] && start=$PUSHPIN_START
   local mode
-  for mode in saturation fixed; do
+  for mode in $MODES; do
     if ! start_target "$target"; then
       tag_json '{"bench":"fanout"}' "target=$target" "mode=$mode" "round=$round" "error=$target could not be started" | tee -a "$results"
       stop_target "$target"
