@@ -4,6 +4,8 @@
 //!
 //! - [`control`]: the control headers a hook response may carry (§5) and
 //!   applying them to a connection.
+//! - [`http1`]: the forward hook's lean client for `http://` backends
+//!   (reqwest serves the rest).
 //!
 //! This module decides nothing about connections; it returns typed outcomes
 //! ([`ConnectDecision`], [`ForwardError`]) and the transport acts on them.
@@ -11,10 +13,11 @@
 //! fix.
 
 pub mod control;
+pub mod http1;
 
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
 use thiserror::Error;
 use tracing::{error, warn};
@@ -88,10 +91,12 @@ impl HookError {
     }
 }
 
-/// The pooled, signing HTTP client for hooks.
+/// The pooled, signing HTTP clients for hooks.
 #[derive(Debug, Clone)]
 pub struct Backend {
     http: reqwest::Client,
+    /// Forward calls to `http://` backends.
+    forwards: std::sync::Arc<http1::Pool>,
 }
 
 /// Request headers a client sent that must not reach the backend: hop-by-hop
@@ -154,7 +159,7 @@ impl Backend {
             // Building fails only when the TLS backend cannot initialise,
             // which is a broken installation rather than an input.
             .unwrap_or_else(|e| panic!("cannot initialise the HTTP client: {e}"));
-        Backend { http }
+        Backend { http, forwards: std::sync::Arc::new(http1::Pool::new(max_idle)) }
     }
 
     /// Runs the connect hook for a handshake: the client's query pairs and
@@ -214,29 +219,40 @@ impl Backend {
         let raw = config.forward_url_for(message_type).ok_or(HookError::NoForwardUrl)?;
         let url = reqwest::Url::parse(&raw).map_err(|_| HookError::BadUrl(raw.clone()))?;
         let url = signed_url(url, &[], &config.security_token);
-        let mut request = self
-            .http
-            .post(url)
-            .timeout(config.forward_timeout)
-            .header(IDENTITY_HEADER, identity.to_string())
-            // What the original's HTTP client (Tornado) sent for a POST
-            // without a content type; backends written for it may rely on it.
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(payload);
+        let mut headers = HeaderMap::with_capacity(3);
+        if let Ok(v) = identity.to_string().parse() {
+            headers.insert(IDENTITY_HEADER, v);
+        }
+        // What the original's HTTP client (Tornado) sent for a POST without
+        // a content type; backends written for it may rely on it.
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
         if let Some(cookie) = cookie {
-            request = request.header(COOKIE_HEADER, cookie);
+            let value = HeaderValue::from_str(cookie)
+                .map_err(|_| HookError::Unreachable("the connection's cookie is not a valid header value".into()))?;
+            headers.insert(COOKIE_HEADER, value);
         }
         let started = Instant::now();
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let control = Control::from_headers(response.headers());
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, control, body))
-        }
-        .await;
+        let result = if url.scheme() == "http" {
+            let uri: axum::http::Uri = url.as_str().parse().map_err(|_| HookError::BadUrl(raw.clone()))?;
+            match tokio::time::timeout(config.forward_timeout, self.forwards.post(&uri, headers, payload)).await {
+                Ok(Ok(a)) => Ok((a.status, Control::from_headers(&a.headers), a.body)),
+                Ok(Err(e)) => Err(HookError::Unreachable(e)),
+                Err(_) => Err(HookError::Timeout(config.forward_timeout)),
+            }
+        } else {
+            let request = self.http.post(url).timeout(config.forward_timeout).headers(headers).body(payload);
+            async {
+                let response = request.send().await?;
+                let status = response.status();
+                let control = Control::from_headers(response.headers());
+                let body = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, control, body))
+            }
+            .await
+            .map_err(|e| classify(e, config.forward_timeout))
+        };
         metrics.hook_latency("forward", started.elapsed().as_secs_f64());
-        let (status, control, body) = result.map_err(|e| classify(e, config.forward_timeout))?;
+        let (status, control, body) = result?;
         control.log_invalid("forward", identity);
         if !status.is_success() {
             return Err(HookError::Status(status.as_u16()));
