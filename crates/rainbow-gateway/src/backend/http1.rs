@@ -1,21 +1,21 @@
-//! The forward hook's client for `http://` backends: keep-alive HTTP/1.1
+//! The hooks' client for `http://` backends: keep-alive HTTP/1.1
 //! connections driven by the task that makes the call.
 //!
-//! reqwest (which serves the connect and close hooks, and `https://` forward
-//! URLs) runs every pooled connection in a task of its own: each call is
-//! handed to that task and its answer handed back, two wake-ups per call,
-//! through a stack of layers. The forward hook carries every client
-//! message, so it gets this leaner path, measured in `docs/PERFORMANCE.md`
-//! ("The rpc floor"): idle connections wait in a small pool, and the one a
-//! call checks out is driven inside the caller's own future (the
-//! connection's task, see `transport::forward`), with hyper's HTTP/1 codec.
+//! reqwest (which serves `https://` hook URLs) runs every pooled connection
+//! in a task of its own: each call is handed to that task and its answer
+//! handed back, two wake-ups per call, through a stack of layers. Every
+//! client message is a forward call, so plain-HTTP hooks get this leaner
+//! path, measured in `docs/PERFORMANCE.md` ("The rpc floor"): idle
+//! connections wait in a small pool, and the one a call checks out is driven
+//! inside the caller's own future (for a forward, the connection's task, see
+//! `transport::forward`), with hyper's HTTP/1 codec.
 //!
 //! Nothing polls an idle connection, so a backend that closed one is noticed
 //! when it is next checked out (it is polled once then, and dropped if
 //! closed), or when a request on it fails before any of it was sent; such a
 //! call is retried once on a new connection. Idle connections older than
 //! [`IDLE_TIMEOUT`] are dropped, and at most `max_idle` wait per backend.
-//! Redirects are not followed: a 3xx answer is the caller's failed call.
+//! Redirects are not followed: a 3xx answer is the caller's to judge.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
@@ -24,7 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -84,9 +84,9 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `POST`s `body` to `uri` (an `http://` URL) with `headers`, and reads
-    /// the whole answer. The caller bounds the time it may take.
-    pub async fn post(&self, uri: &Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
+    /// Sends `method` with `headers` and `body` to `uri` (an `http://` URL),
+    /// and reads the whole answer. The caller bounds the time it may take.
+    pub async fn request(&self, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
         let authority = uri.authority().ok_or_else(|| format!("{uri} has no host"))?;
         let key = address(authority);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -98,7 +98,11 @@ impl Pool {
                 Some(idle) => (idle.sender, idle.conn),
                 None => connect(&key).await?,
             };
-            let mut request = Request::post(target).body(Full::new(body.clone())).map_err(|e| e.to_string())?;
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(target)
+                .body(Full::new(body.clone()))
+                .map_err(|e| e.to_string())?;
             *request.headers_mut() = headers.clone();
             request.headers_mut().insert(header::HOST, host.clone());
             match exchange(&mut sender, &mut conn, request).await {
@@ -290,7 +294,7 @@ mod tests {
         let pool = Pool::new(4);
         let uri: Uri = url.parse().unwrap();
         for n in 1..=3 {
-            let answer = pool.post(&uri, HeaderMap::new(), Bytes::from_static(b"x")).await.unwrap();
+            let answer = pool.request(Method::POST, &uri, HeaderMap::new(), Bytes::from_static(b"x")).await.unwrap();
             assert_eq!((answer.status, &answer.body[..]), (StatusCode::OK, format!("ok {n}").as_bytes()));
             assert_eq!(answer.headers.get("x-seen").unwrap(), "yes");
         }
@@ -304,7 +308,7 @@ mod tests {
         let pool = Pool::new(4);
         let uri: Uri = url.parse().unwrap();
         for _ in 0..3 {
-            let answer = pool.post(&uri, HeaderMap::new(), Bytes::new()).await.unwrap();
+            let answer = pool.request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap();
             assert_eq!(&answer.body[..], b"ok 1");
             // Let the close arrive, as it would during a pause between calls.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -320,7 +324,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri: Uri = format!("http://{addr}/m/").parse().unwrap();
-        let e = Pool::new(1).post(&uri, HeaderMap::new(), Bytes::new()).await.unwrap_err();
+        let e = Pool::new(1).request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap_err();
         assert!(e.contains(&addr.to_string()) && e.contains("connect"), "{e}");
     }
 }

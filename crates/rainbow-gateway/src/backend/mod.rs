@@ -4,8 +4,8 @@
 //!
 //! - [`control`]: the control headers a hook response may carry (§5) and
 //!   applying them to a connection.
-//! - [`http1`]: the forward hook's lean client for `http://` backends
-//!   (reqwest serves the rest).
+//! - [`http1`]: the lean client for `http://` hook URLs (reqwest serves
+//!   `https://`).
 //!
 //! This module decides nothing about connections; it returns typed outcomes
 //! ([`ConnectDecision`], [`ForwardError`]) and the transport acts on them.
@@ -17,7 +17,7 @@ pub mod http1;
 
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
 use thiserror::Error;
 use tracing::{error, warn};
@@ -94,9 +94,10 @@ impl HookError {
 /// The pooled, signing HTTP clients for hooks.
 #[derive(Debug, Clone)]
 pub struct Backend {
+    /// Calls to `https://` hook URLs.
     http: reqwest::Client,
-    /// Forward calls to `http://` backends.
-    forwards: std::sync::Arc<http1::Pool>,
+    /// Calls to `http://` hook URLs.
+    plain: std::sync::Arc<http1::Pool>,
 }
 
 /// Request headers a client sent that must not reach the backend: hop-by-hop
@@ -159,7 +160,35 @@ impl Backend {
             // Building fails only when the TLS backend cannot initialise,
             // which is a broken installation rather than an input.
             .unwrap_or_else(|e| panic!("cannot initialise the HTTP client: {e}"));
-        Backend { http, forwards: std::sync::Arc::new(http1::Pool::new(max_idle)) }
+        Backend { http, plain: std::sync::Arc::new(http1::Pool::new(max_idle)) }
+    }
+
+    /// One hook call: [`http1`] for `http://` URLs, reqwest for the others.
+    async fn call(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<http1::Answer, HookError> {
+        if url.scheme() == "http" {
+            let uri: Uri = url.as_str().parse().map_err(|_| HookError::BadUrl(url.origin().ascii_serialization()))?;
+            return match tokio::time::timeout(timeout, self.plain.request(method, &uri, headers, body)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(HookError::Unreachable(e)),
+                Err(_) => Err(HookError::Timeout(timeout)),
+            };
+        }
+        let request = self.http.request(method, url).timeout(timeout).headers(headers).body(body);
+        async {
+            let response = request.send().await?;
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body = response.bytes().await?;
+            Ok(http1::Answer { status, headers, body })
+        }
+        .await
+        .map_err(|e| classify(e, timeout))
     }
 
     /// Runs the connect hook for a handshake: the client's query pairs and
@@ -177,30 +206,26 @@ impl Backend {
             return ConnectDecision::Accept(Control::default());
         };
         let url = signed_url(base, query, &config.security_token);
-        let mut request = self.http.get(url).timeout(config.hook_timeout).header(IDENTITY_HEADER, identity.to_string());
+        let mut pass = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers {
             if !is_withheld(name.as_str()) {
-                request = request.header(name, value);
+                pass.append(name.clone(), value.clone());
             }
         }
+        pass.insert(IDENTITY_HEADER, identity_value(identity));
         let started = Instant::now();
-        let result = request.send().await;
+        let result = self.call(Method::GET, url, pass, Bytes::new(), config.hook_timeout).await;
         metrics.hook_latency("connect", started.elapsed().as_secs_f64());
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => return ConnectDecision::Unavailable(classify(e, config.hook_timeout)),
+        let http1::Answer { status, headers, body } = match result {
+            Ok(answer) => answer,
+            Err(e) => return ConnectDecision::Unavailable(e),
         };
-        let status = response.status();
         if status.is_server_error() {
             return ConnectDecision::Unavailable(HookError::Status(status.as_u16()));
         }
-        let control = Control::from_headers(response.headers());
+        let control = Control::from_headers(&headers);
         control.log_invalid("connect", identity);
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return ConnectDecision::Unavailable(classify(e, config.hook_timeout)),
-        };
-        let accepted = status == reqwest::StatusCode::OK
+        let accepted = status == StatusCode::OK
             && serde_json::from_slice::<serde_json::Value>(&body)
                 .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("success"));
         if accepted { ConnectDecision::Accept(control) } else { ConnectDecision::Deny }
@@ -219,69 +244,61 @@ impl Backend {
         let raw = config.forward_url_for(message_type).ok_or(HookError::NoForwardUrl)?;
         let url = reqwest::Url::parse(&raw).map_err(|_| HookError::BadUrl(raw.clone()))?;
         let url = signed_url(url, &[], &config.security_token);
-        let mut headers = HeaderMap::with_capacity(3);
-        if let Ok(v) = identity.to_string().parse() {
-            headers.insert(IDENTITY_HEADER, v);
-        }
+        let mut headers = hook_headers(identity, cookie)?;
         // What the original's HTTP client (Tornado) sent for a POST without
         // a content type; backends written for it may rely on it.
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
-        if let Some(cookie) = cookie {
-            let value = HeaderValue::from_str(cookie)
-                .map_err(|_| HookError::Unreachable("the connection's cookie is not a valid header value".into()))?;
-            headers.insert(COOKIE_HEADER, value);
-        }
         let started = Instant::now();
-        let result = if url.scheme() == "http" {
-            let uri: axum::http::Uri = url.as_str().parse().map_err(|_| HookError::BadUrl(raw.clone()))?;
-            match tokio::time::timeout(config.forward_timeout, self.forwards.post(&uri, headers, payload)).await {
-                Ok(Ok(a)) => Ok((a.status, Control::from_headers(&a.headers), a.body)),
-                Ok(Err(e)) => Err(HookError::Unreachable(e)),
-                Err(_) => Err(HookError::Timeout(config.forward_timeout)),
-            }
-        } else {
-            let request = self.http.post(url).timeout(config.forward_timeout).headers(headers).body(payload);
-            async {
-                let response = request.send().await?;
-                let status = response.status();
-                let control = Control::from_headers(response.headers());
-                let body = response.bytes().await?;
-                Ok::<_, reqwest::Error>((status, control, body))
-            }
-            .await
-            .map_err(|e| classify(e, config.forward_timeout))
-        };
+        let result = self.call(Method::POST, url, headers, payload, config.forward_timeout).await;
         metrics.hook_latency("forward", started.elapsed().as_secs_f64());
-        let (status, control, body) = result?;
+        let answer = result?;
+        let control = Control::from_headers(&answer.headers);
         control.log_invalid("forward", identity);
-        if !status.is_success() {
-            return Err(HookError::Status(status.as_u16()));
+        if !answer.status.is_success() {
+            return Err(HookError::Status(answer.status.as_u16()));
         }
-        Ok((body, control))
+        Ok((answer.body, control))
     }
 
     /// Runs the close hook. Failures are logged; nothing else can be done.
     pub async fn close(&self, config: &Config, metrics: &Metrics, identity: Identity, cookie: Option<&str>) {
         let Some(base) = config.close_url.clone() else { return };
         let url = signed_url(base, &[], &config.security_token);
-        let mut request = self.http.get(url).timeout(config.hook_timeout).header(IDENTITY_HEADER, identity.to_string());
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE_HEADER, cookie);
-        }
         let started = Instant::now();
-        let result = request.send().await;
+        let result = match hook_headers(identity, cookie) {
+            Ok(headers) => self.call(Method::GET, url, headers, Bytes::new(), config.hook_timeout).await,
+            Err(e) => Err(e),
+        };
         metrics.hook_latency("close", started.elapsed().as_secs_f64());
         match result {
-            Ok(r) if r.status().is_success() => Control::from_headers(r.headers()).log_invalid("close", identity),
-            Ok(r) => {
-                warn!(%identity, side = "backend", status = r.status().as_u16(), "close hook answered an error status")
+            Ok(a) if a.status.is_success() => Control::from_headers(&a.headers).log_invalid("close", identity),
+            Ok(a) => {
+                warn!(%identity, side = "backend", status = a.status.as_u16(), "close hook answered an error status")
             }
             Err(e) => {
-                let e = classify(e, config.hook_timeout);
                 error!(%identity, side = "backend", cause = %e, "close hook failed; the backend was not told this connection ended")
             }
         }
     }
+}
+
+/// The identity as a header value.
+fn identity_value(identity: Identity) -> HeaderValue {
+    // An identity is printed as hex digits, always a valid header value.
+    HeaderValue::from_str(&identity.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The headers every forward and close call carries: the identity and,
+/// once set, the cookie.
+fn hook_headers(identity: Identity, cookie: Option<&str>) -> Result<HeaderMap, HookError> {
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(IDENTITY_HEADER, identity_value(identity));
+    if let Some(cookie) = cookie {
+        let value = HeaderValue::from_str(cookie)
+            .map_err(|_| HookError::Unreachable("the connection's cookie is not a valid header value".into()))?;
+        headers.insert(COOKIE_HEADER, value);
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]
