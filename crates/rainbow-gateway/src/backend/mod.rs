@@ -334,6 +334,24 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn each_scheme_has_its_client_and_failures_say_what_happened() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let backend = Backend::new(4);
+        for scheme in ["http", "https"] {
+            let url = reqwest::Url::parse(&format!("{scheme}://{addr}/m/")).unwrap();
+            let e = backend.call(Method::POST, url, HeaderMap::new(), Bytes::new(), Duration::from_secs(5)).await;
+            match e {
+                Err(HookError::Unreachable(text)) => {
+                    assert!(text.to_lowercase().contains("refused"), "{scheme}: {text}")
+                }
+                other => panic!("{scheme}: expected unreachable, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn clients_cannot_forge_gateway_headers() {
         assert!(is_withheld("RAINBOWCLIENTIDENTITY"));
