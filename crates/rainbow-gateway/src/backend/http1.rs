@@ -185,48 +185,57 @@ async fn exchange(
     conn: &mut Conn,
     request: Request<Full<Bytes>>,
 ) -> Result<(Answer, bool), Failed> {
-    let mut ended: Option<Result<(), hyper::Error>> = None;
-    // Polls the connection until it ends; what it ended with is kept.
-    let mut drive = |conn: &mut Conn, cx: &mut Context<'_>| {
-        if ended.is_none()
-            && let Poll::Ready(r) = Pin::new(conn).poll(cx)
-        {
-            ended = Some(r);
-        }
-        ended.is_some()
-    };
+    let mut driven = Driven { conn, ended: false };
     let ready = poll_fn(|cx| match sender.poll_ready(cx) {
-        Poll::Pending if drive(conn, cx) => Poll::Ready(Err(Failed::NotSent("connection closed".into()))),
+        Poll::Pending if driven.drive(cx) => Poll::Ready(Err(Failed::NotSent("connection closed".into()))),
         Poll::Pending => Poll::Pending,
         Poll::Ready(r) => Poll::Ready(r.map_err(|e| Failed::NotSent(describe(&e)))),
     });
     ready.await?;
-    let mut response = pin!(sender.send_request(request));
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(r) = response.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        // When the connection ends, the response resolves (with an error)
-        // at its next poll, which the end's wake-up brings.
-        drive(conn, cx);
-        Poll::Pending
-    })
-    .await
-    .map_err(|e| if e.is_canceled() { Failed::NotSent(describe(&e)) } else { Failed::Other(describe(&e)) })?;
+    let response = driven
+        .until(sender.send_request(request))
+        .await
+        .map_err(|e| if e.is_canceled() { Failed::NotSent(describe(&e)) } else { Failed::Other(describe(&e)) })?;
     let (parts, body) = response.into_parts();
-    let mut collect = pin!(Limited::new(body, MAX_BODY).collect());
-    let body = poll_fn(|cx| {
-        if let Poll::Ready(r) = collect.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        drive(conn, cx);
-        Poll::Pending
-    })
-    .await
-    .map_err(|e| Failed::Other(format!("reading the answer: {e}")))?
-    .to_bytes();
-    let reusable = ended.is_none() && !sender.is_closed();
+    let body = driven
+        .until(Limited::new(body, MAX_BODY).collect())
+        .await
+        .map_err(|e| Failed::Other(format!("reading the answer: {e}")))?
+        .to_bytes();
+    let reusable = !driven.ended && !sender.is_closed();
     Ok((Answer { status: parts.status, headers: parts.headers, body }, reusable))
+}
+
+/// A connection polled alongside the futures of one exchange, until it ends.
+struct Driven<'a> {
+    conn: &'a mut Conn,
+    /// The connection is over (closed, or failed).
+    ended: bool,
+}
+
+impl Driven<'_> {
+    /// Polls the connection unless it ended; says whether it has.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended && Pin::new(&mut *self.conn).poll(cx).is_ready() {
+            self.ended = true;
+        }
+        self.ended
+    }
+
+    /// Runs `fut` to completion, driving the connection meanwhile. If the
+    /// connection ends first, `fut` resolves (with an error) at its next
+    /// poll, which the end's wake-up brings.
+    async fn until<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            self.drive(cx);
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// An error and its causes, on one line.
