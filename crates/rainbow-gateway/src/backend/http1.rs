@@ -120,11 +120,14 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `key` that is still open, if any.
+    /// An idle connection to `key` that is still open, if any. A backend
+    /// left without idle connections leaves the map, which so holds only
+    /// backends with connections to offer.
     fn checkout(&self, key: &str) -> Option<Idle> {
         let mut idle = self.idle();
         let list = idle.get_mut(key)?;
         let mut cx = Context::from_waker(Waker::noop());
+        let mut found = None;
         while let Some(mut c) = list.pop_back() {
             if c.since.elapsed() > IDLE_TIMEOUT || c.sender.is_closed() {
                 continue;
@@ -134,9 +137,13 @@ impl Pool {
             if Pin::new(&mut c.conn).poll(&mut cx).is_ready() {
                 continue;
             }
-            return Some(c);
+            found = Some(c);
+            break;
         }
-        None
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
     }
 
     fn put(&self, key: String, conn: Idle) {
