@@ -61,7 +61,6 @@ pub struct Answer {
 }
 
 /// Keep-alive connections to `http://` backends, by `host:port`.
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, VecDeque<Idle>>>,
     max_idle: usize,
