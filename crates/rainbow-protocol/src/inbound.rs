@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::packet::{Packet, Qos, Reply, Send};
+use crate::packet::{Packet, Qos, Reply, SendPacket};
 
 /// Tuning for an [`Inbound`].
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +79,7 @@ impl Inbound {
     /// Classifies an incoming SEND. Any qos-2 SEND whose id is in the window
     /// is a duplicate, whatever its dup bit says: a client that retransmits
     /// without setting dup must not get its message processed twice.
-    pub fn on_send(&mut self, now: Instant, send: &Send) -> Result<Disposition, WindowFull> {
+    pub fn on_send(&mut self, now: Instant, send: &SendPacket) -> Result<Disposition, WindowFull> {
         if send.qos != Qos::ExactlyOnce {
             return Ok(Disposition::Process);
         }
@@ -133,8 +133,8 @@ impl Inbound {
 mod tests {
     use super::*;
 
-    fn send(qos: Qos, id: u16, dup: bool) -> Send {
-        Send { message_type: 1, qos, id, dup, payload: Bytes::new() }
+    fn send(qos: Qos, id: u16, dup: bool) -> SendPacket {
+        SendPacket { message_type: 1, qos, id, dup, payload: Bytes::new() }
     }
 
     #[test]

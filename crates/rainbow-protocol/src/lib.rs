@@ -25,4 +25,4 @@ pub mod websocket;
 
 pub use inbound::{Disposition, Inbound, InboundConfig, WindowFull};
 pub use outbound::{Answered, InFlightFull, MAX_MESSAGE_ID, Outbound, OutboundConfig, Timeout};
-pub use packet::{Command, DecodeError, Packet, Qos, Reply, Send};
+pub use packet::{Command, DecodeError, Packet, Qos, Reply, SendPacket};

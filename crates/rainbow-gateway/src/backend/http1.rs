@@ -51,7 +51,7 @@ struct Idle {
 
 /// A backend's answer.
 #[derive(Debug)]
-pub struct Answer {
+pub struct HookResponse {
     /// The status.
     pub status: StatusCode,
     /// The headers.
@@ -85,7 +85,13 @@ impl Pool {
 
     /// Sends `method` with `headers` and `body` to `uri` (an `http://` URL),
     /// and reads the whole answer. The caller bounds the time it may take.
-    pub async fn request(&self, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
+    pub async fn request(
+        &self,
+        method: Method,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<HookResponse, String> {
         let authority = uri.authority().ok_or_else(|| format!("{uri} has no host"))?;
         let key = address(authority);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -190,7 +196,7 @@ async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     conn: &mut Conn,
     request: Request<Full<Bytes>>,
-) -> Result<(Answer, bool), Failed> {
+) -> Result<(HookResponse, bool), Failed> {
     let mut driven = Driven { conn, ended: false };
     let ready = poll_fn(|cx| match sender.poll_ready(cx) {
         Poll::Pending if driven.drive(cx) => Poll::Ready(Err(Failed::NotSent("connection closed".into()))),
@@ -209,7 +215,7 @@ async fn exchange(
         .map_err(|e| Failed::Other(format!("reading the answer: {e}")))?
         .to_bytes();
     let reusable = !driven.ended && !sender.is_closed();
-    Ok((Answer { status: parts.status, headers: parts.headers, body }, reusable))
+    Ok((HookResponse { status: parts.status, headers: parts.headers, body }, reusable))
 }
 
 /// A connection polled alongside the futures of one exchange, until it ends.

@@ -13,6 +13,7 @@
 //! documented there).
 
 pub mod file;
+pub mod route;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -267,11 +268,11 @@ pub struct Config {
     /// How long a cluster operation waits for Redis.
     pub cluster_timeout: Duration,
     /// Where routed events go.
-    pub worker_route: crate::worker::route::WorkerRoute,
+    pub worker_route: route::WorkerRoute,
     /// Message types routed by `worker_route`.
-    pub worker_types: crate::worker::route::TypeSet,
+    pub worker_types: route::TypeSet,
     /// Events routed by `worker_route`.
-    pub worker_events: crate::worker::route::EventSet,
+    pub worker_events: route::EventSet,
     /// Bound of the task queue, tasks.
     pub worker_queue_size: usize,
     /// Bound of a task's wait in the queue.
