@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rainbow_protocol::Qos;
+use rainbow_protocol::worker::CallOp;
 use serde_json::{Map, Value};
 
-use super::frame::CallOp;
 use crate::api::ops::{self, Answer, Message};
 use crate::state::Gateway;
 

@@ -5,8 +5,8 @@
 //! `docs/worker-protocol.md`.
 //!
 //! What lives where:
-//! - [`frame`]: the frame codec (`u32` BE header length, JSON header, body)
-//!   and the typed frames; pure, property- and fuzz-tested.
+//! - The frames themselves (codec and types, both directions) are
+//!   [`rainbow_protocol::worker`], shared with the `rainbow-worker` SDK.
 //! - [`pool`]: the dispatcher: attached workers and their credits, the one
 //!   bounded gateway-wide task queue (count and age bounds), requeue at the
 //!   front when a worker dies, draining. Synchronous state, tested without
@@ -24,7 +24,6 @@
 //! simply awaits the worker's reply where it would await the HTTP call.
 
 pub mod calls;
-pub mod frame;
 pub mod metrics;
 pub mod pool;
 pub mod route;

@@ -19,6 +19,7 @@
 //! that with no `forward_url` messages wait `worker_queue_timeout` before
 //! failing instead of failing at once (the client gets no reply either way).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use rainbow_protocol::Send;
-use serde_json::{Map, Value};
+use rainbow_protocol::worker::{ReplyFields, TaskEvent};
 use tracing::{debug, error, warn};
 
 use super::pool::{Kind, Limits, Outcome, TaskSpec};
@@ -192,7 +193,7 @@ async fn run(gw: &Gateway, config: &Config, spec: TaskSpec, timeout: Duration) -
     }
 }
 
-fn control(fields: &super::frame::ReplyFields) -> Control {
+fn control(fields: &ReplyFields) -> Control {
     Control {
         cookie: fields.context.clone(),
         subscribe: fields.sub.clone(),
@@ -211,10 +212,6 @@ fn checked(outcome: Outcome) -> Outcome {
     }
 }
 
-fn identity_field(fields: &mut Map<String, Value>, identity: Identity) {
-    fields.insert("identity".into(), Value::String(identity.to_string()));
-}
-
 /// The connect hook, routed: the webhook, or a `connect` task.
 pub async fn connect(
     gw: &Gateway,
@@ -227,9 +224,7 @@ pub async fn connect(
     if target(config, Kind::Connect, None, gw.workers.attached() > 0) == Target::Webhook {
         return gw.backend.connect(config, &gw.metrics, identity, query, headers).await;
     }
-    let mut fields = Map::new();
-    identity_field(&mut fields, identity);
-    let mut header_map = Map::new();
+    let mut header_map: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         if is_withheld(name.as_str()) {
             continue;
@@ -237,21 +232,19 @@ pub async fn connect(
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         match header_map.get_mut(name.as_str()) {
             // Repeated headers are joined as HTTP allows.
-            Some(Value::String(existing)) => {
+            Some(existing) => {
                 existing.push_str(", ");
                 existing.push_str(&value);
             }
-            _ => {
-                header_map.insert(name.as_str().to_owned(), Value::String(value));
+            None => {
+                header_map.insert(name.as_str().to_owned(), value);
             }
         }
     }
-    fields.insert("headers".into(), Value::Object(header_map));
     // A repeated parameter keeps its last value.
-    let params: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    fields.insert("params".into(), Value::Object(params));
-    fields.insert("remote".into(), Value::String(peer.to_string()));
-    let spec = TaskSpec { kind: Kind::Connect, fields, body: Bytes::new() };
+    let params = query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let event = TaskEvent::Connect { headers: header_map, params, remote: peer.to_string() };
+    let spec = TaskSpec { identity: identity.to_string(), event, body: Bytes::new() };
     match checked(run(gw, config, spec, config.hook_timeout).await) {
         Ok(reply) => match reply.fields.accept {
             Some(true) => ConnectDecision::Accept(control(&reply.fields)),
@@ -278,12 +271,8 @@ pub async fn forward(
     if target(config, Kind::Message, Some(t), gw.workers.attached() > 0) == Target::Webhook {
         return gw.backend.forward(config, &gw.metrics, identity, cookie, t, send.payload.clone()).await;
     }
-    let mut fields = Map::new();
-    identity_field(&mut fields, identity);
-    fields.insert("type".into(), t.into());
-    fields.insert("qos".into(), send.qos.as_u8().into());
-    fields.insert("context".into(), cookie.map_or(Value::Null, |c| Value::String(c.to_owned())));
-    let spec = TaskSpec { kind: Kind::Message, fields, body: send.payload.clone() };
+    let event = TaskEvent::Message { message_type: t, qos: send.qos, context: cookie.map(str::to_owned) };
+    let spec = TaskSpec { identity: identity.to_string(), event, body: send.payload.clone() };
     match checked(run(gw, config, spec, config.forward_timeout).await) {
         Ok(reply) => {
             let control = control(&reply.fields);
@@ -314,10 +303,8 @@ pub async fn close(gw: &Gateway, conn: &Connection) {
         }
         tokio::time::sleep(IDLE_POLL).await;
     }
-    let mut fields = Map::new();
-    identity_field(&mut fields, identity);
-    fields.insert("context".into(), cookie.as_deref().map_or(Value::Null, |c| Value::String(c.to_owned())));
-    let spec = TaskSpec { kind: Kind::Close, fields, body: Bytes::new() };
+    let event = TaskEvent::Close { context: cookie.as_deref().map(str::to_owned) };
+    let spec = TaskSpec { identity: identity.to_string(), event, body: Bytes::new() };
     match checked(run(gw, &config, spec, config.hook_timeout).await) {
         Ok(reply) => debug!(%identity, worker = %reply.worker, "close task answered"),
         Err(failure) => {

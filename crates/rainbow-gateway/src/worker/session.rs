@@ -27,7 +27,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::{CallOp, FrameError, FromWorker, Task, ToWorker};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -38,7 +39,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
 use super::calls;
-use super::frame::{self, CallOp, FrameError, FromWorker};
 use super::pool::{DELIVERY_CAPACITY, Delivery, ReplyResult, WorkerId, WorkerReply};
 use crate::api::ops::Answer;
 use crate::api::{param, query_pairs};
@@ -257,8 +257,8 @@ impl Session {
         }
     }
 
-    async fn write_header(&mut self, header: Map<String, Value>, body: &[u8]) -> Result<(), End> {
-        self.write(frame::encode(&header, body)).await
+    async fn write_frame(&mut self, frame: &ToWorker) -> Result<(), End> {
+        self.write(frame.encode()).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
@@ -292,10 +292,7 @@ impl Session {
         self.last_seen = Instant::now();
         self.ping_sent = false;
         match message {
-            Message::Binary(bytes) => {
-                let raw = frame::split(bytes).map_err(|e| protocol(&e))?;
-                FromWorker::parse(raw).map(Some).map_err(|e| protocol(&e))
-            }
+            Message::Binary(bytes) => FromWorker::decode(bytes).map(Some).map_err(|e| protocol(&e)),
             Message::Text(_) => Err(End::Protocol(1002, "text frames are not part of the worker protocol".into())),
             Message::Ping(_) => {
                 // Tungstenite queued the pong; flushing sends it.
@@ -312,8 +309,8 @@ impl Session {
         if *self.gw.workers.closing().borrow() {
             return Err(End::Shutdown);
         }
-        let welcome = frame::welcome_header(self.gw.workers.node(), self.id);
-        self.write_header(welcome, b"").await?;
+        let welcome = ToWorker::welcome(self.gw.workers.node(), self.id);
+        self.write_frame(&welcome).await?;
         let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
             let Ok(message) = tokio::time::timeout_at(deadline, source.next()).await else {
@@ -346,7 +343,7 @@ impl Session {
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => match done {
                     Ok((req, op, answer)) => {
                         self.gw.workers.metrics().call(op.name(), answer.outcome);
-                        self.write_header(frame::result_header(req, &answer.body), b"").await
+                        self.write_frame(&ToWorker::result(req, answer.body)).await
                     }
                     // An operation task cannot panic on input; if one did,
                     // the worker's call stays unanswered and its SDK times out.
@@ -416,7 +413,7 @@ impl Session {
                 if self.calls.len() >= MAX_CALLS {
                     pool.metrics().call(op.name(), "too_many_calls");
                     let answer = Answer::fail("too_many_calls", "too many calls");
-                    return self.write_header(frame::result_header(req, &answer.body), b"").await;
+                    return self.write_frame(&ToWorker::result(req, answer.body)).await;
                 }
                 match calls::parse(op, &fields, body) {
                     Ok(call) => {
@@ -425,7 +422,7 @@ impl Session {
                     }
                     Err(answer) => {
                         pool.metrics().call(op.name(), answer.outcome);
-                        return self.write_header(frame::result_header(req, &answer.body), b"").await;
+                        return self.write_frame(&ToWorker::result(req, answer.body)).await;
                     }
                 }
             }
@@ -436,7 +433,7 @@ impl Session {
     async fn send_drained(&mut self) -> Result<(), End> {
         self.drained = true;
         info!(worker = %self.name, id = self.id, "worker drained: it holds no task and may close");
-        self.write_header(frame::drained_header(), b"").await
+        self.write_frame(&ToWorker::Drained).await
     }
 }
 
@@ -454,22 +451,24 @@ fn socket_end(e: &WsError) -> End {
 
 /// The `task` frame of a delivery.
 pub fn task_frame(d: &Delivery) -> Bytes {
-    let mut header = Map::with_capacity(d.spec.fields.len() + 5);
-    header.insert("op".into(), Value::from("task"));
-    header.insert("task".into(), Value::from(d.task));
-    header.insert("kind".into(), Value::from(d.spec.kind.name()));
-    header.insert("key".into(), Value::from(&*d.key));
-    header.insert("attempt".into(), Value::from(d.attempt));
-    for (k, v) in &d.spec.fields {
-        header.insert(k.clone(), v.clone());
-    }
-    frame::encode(&header, &d.spec.body)
+    ToWorker::Task(Task {
+        task: d.task,
+        key: d.key.to_string(),
+        attempt: d.attempt,
+        identity: d.spec.identity.clone(),
+        event: d.spec.event.clone(),
+        body: d.spec.body.clone(),
+    })
+    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::pool::{Kind, TaskSpec};
+    use crate::worker::pool::TaskSpec;
+    use rainbow_protocol::Qos;
+    use rainbow_protocol::worker::{TaskEvent, split};
+    use serde_json::Value;
 
     #[test]
     fn names_are_cut_and_cleaned() {
@@ -482,15 +481,14 @@ mod tests {
 
     #[test]
     fn task_frames_carry_the_delivery_and_the_spec() {
-        let mut fields = Map::new();
-        fields.insert("identity".into(), "abc".into());
-        fields.insert("type".into(), 7.into());
-        let spec = Arc::new(TaskSpec { kind: Kind::Message, fields, body: Bytes::from_static(b"pay") });
+        let event = TaskEvent::Message { message_type: 7, qos: Qos::AtLeastOnce, context: None };
+        let spec = Arc::new(TaskSpec { identity: "abc".into(), event, body: Bytes::from_static(b"pay") });
         let d = Delivery { task: 3, key: Arc::from("n-3"), attempt: 2, spec };
-        let raw = frame::split(task_frame(&d)).unwrap();
+        let raw = split(task_frame(&d)).unwrap();
         assert_eq!(
             Value::Object(raw.header),
-            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc", "type": 7})
+            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc",
+                   "type": 7, "qos": 1, "context": null})
         );
         assert_eq!(&raw.body[..], b"pay");
     }
