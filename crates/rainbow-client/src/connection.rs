@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rainbow_protocol::{
-    DecodeError, Disposition, Inbound, InboundConfig, MAX_MESSAGE_ID, Outbound, OutboundConfig, Packet, Qos, SendPacket,
-    Timeout, WindowFull,
+    DecodeError, Disposition, Inbound, InboundConfig, MAX_MESSAGE_ID, Outbound, OutboundConfig, Packet, Qos,
+    SendPacket, Timeout, WindowFull,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;

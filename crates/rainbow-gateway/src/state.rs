@@ -65,13 +65,12 @@ impl Gateway {
         let hub = Arc::new(Hub::new(config.max_channels_per_connection));
         let metrics = Arc::new(Metrics::new());
         let tasks = TaskTracker::new();
-        let cluster =
-            Cluster::from_config(&config, hub.clone(), metrics.clone(), tasks.clone()).unwrap_or_else(|e| {
-                // The URL was validated with the config; if redis-rs still
-                // refuses it, run alone and say so loudly rather than not start.
-                tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
-                Cluster::alone()
-            });
+        let cluster = Cluster::from_config(&config, hub.clone(), metrics.clone(), tasks.clone()).unwrap_or_else(|e| {
+            // The URL was validated with the config; if redis-rs still
+            // refuses it, run alone and say so loudly rather than not start.
+            tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
+            Cluster::alone()
+        });
         Gateway {
             configured_port: config.http_port,
             cluster,

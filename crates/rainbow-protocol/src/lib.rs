@@ -9,6 +9,8 @@
 //! - [`envelope`]: header + body framing of the gateway's internal messages
 //!   (cluster nodes, workers).
 //! - [`signature`]: the spec §7 signature of hook and API calls.
+//! - [`worker`]: the worker protocol's frames (`docs/worker-protocol.md`),
+//!   both directions, shared by the gateway and the `rainbow-worker` SDK.
 //!
 //! Nothing here touches a socket, a runtime or the clock: callers pass `now`
 //! and write the packets they are handed. The gateway and the Rust client are
@@ -22,6 +24,7 @@ pub mod outbound;
 pub mod packet;
 pub mod signature;
 pub mod websocket;
+pub mod worker;
 
 pub use inbound::{Disposition, Inbound, InboundConfig, WindowFull};
 pub use outbound::{Answered, InFlightFull, MAX_MESSAGE_ID, Outbound, OutboundConfig, Timeout};

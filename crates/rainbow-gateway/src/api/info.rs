@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use super::{answer, failure, signed};
 use crate::handshake::{param, query_pairs};
-use crate::status::{node_summary, process_stats};
 use crate::state::Gateway;
+use crate::status::{node_summary, process_stats};
 
 /// `GET /hello/` → `ok`.
 pub async fn hello() -> &'static str {

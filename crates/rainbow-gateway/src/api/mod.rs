@@ -51,7 +51,12 @@ pub struct Authenticated {
 
 /// Reads the body and checks the signature. On failure returns the answer
 /// to send, already counted under `endpoint`.
-pub async fn signed(gw: &Gateway, endpoint: &'static str, parts: &Parts, body: Body) -> Result<Authenticated, Response> {
+pub async fn signed(
+    gw: &Gateway,
+    endpoint: &'static str,
+    parts: &Parts,
+    body: Body,
+) -> Result<Authenticated, Response> {
     let config = gw.config();
     let body = match to_bytes(body, config.max_message_size).await {
         Ok(body) => body,

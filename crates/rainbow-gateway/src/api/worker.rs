@@ -31,7 +31,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::{CallOp, FrameError, FromWorker, Task, ToWorker};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -45,7 +46,6 @@ use super::execute;
 use crate::handshake::{self, NotWebSocket, Refused, param, query_pairs};
 use crate::ops::{Outcome, Request as OpRequest};
 use crate::state::Gateway;
-use crate::worker::frame::{self, CallOp, FrameError, FromWorker};
 use crate::worker::pool::{DELIVERY_CAPACITY, Delivery, ReplyResult, WorkerId, WorkerReply};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -243,8 +243,8 @@ impl Session {
         }
     }
 
-    async fn write_header(&mut self, header: Map<String, Value>, body: &[u8]) -> Result<(), End> {
-        self.write(frame::encode(&header, body)).await
+    async fn write_frame(&mut self, frame: &ToWorker) -> Result<(), End> {
+        self.write(frame.encode()).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
@@ -278,10 +278,7 @@ impl Session {
         self.last_seen = Instant::now();
         self.ping_sent = false;
         match message {
-            Message::Binary(bytes) => {
-                let raw = frame::split(bytes).map_err(|e| protocol(&e))?;
-                FromWorker::parse(raw).map(Some).map_err(|e| protocol(&e))
-            }
+            Message::Binary(bytes) => FromWorker::decode(bytes).map(Some).map_err(|e| protocol(&e)),
             Message::Text(_) => Err(End::Protocol(1002, "text frames are not part of the worker protocol".into())),
             Message::Ping(_) => {
                 // Tungstenite queued the pong; flushing sends it.
@@ -299,8 +296,8 @@ impl Session {
         if *workers.closing().borrow() {
             return Err(End::Shutdown);
         }
-        let welcome = frame::welcome_header(workers.node(), self.id);
-        self.write_header(welcome, b"").await?;
+        let welcome = ToWorker::welcome(workers.node(), self.id);
+        self.write_frame(&welcome).await?;
         let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
             let Ok(message) = tokio::time::timeout_at(deadline, source.next()).await else {
@@ -333,7 +330,7 @@ impl Session {
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => match done {
                     Ok((req, op, outcome)) => {
                         self.gw.backend.workers().metrics().call(op.name(), outcome.label());
-                        self.write_header(frame::result_header(req, &outcome.body()), b"").await
+                        self.write_frame(&ToWorker::result(req, outcome.body())).await
                     }
                     // An operation task cannot panic on input; if one did,
                     // the worker's call stays unanswered and its SDK times out.
@@ -404,7 +401,7 @@ impl Session {
                 if self.calls.len() >= MAX_CALLS {
                     pool.metrics().call(op.name(), "too_many_calls");
                     let refused = Outcome::Limit { msg: "too many calls".into() };
-                    return self.write_header(frame::result_header(req, &refused.body()), b"").await;
+                    return self.write_frame(&ToWorker::result(req, refused.body())).await;
                 }
                 match OpRequest::parse(op, &fields, body) {
                     Ok(request) => {
@@ -413,7 +410,7 @@ impl Session {
                     Err(problem) => {
                         let refused = Outcome::Invalid(problem);
                         pool.metrics().call(op.name(), refused.label());
-                        return self.write_header(frame::result_header(req, &refused.body()), b"").await;
+                        return self.write_frame(&ToWorker::result(req, refused.body())).await;
                     }
                 }
             }
@@ -424,7 +421,7 @@ impl Session {
     async fn send_drained(&mut self) -> Result<(), End> {
         self.drained = true;
         info!(worker = %self.name, id = self.id, "worker drained: it holds no task and may close");
-        self.write_header(frame::drained_header(), b"").await
+        self.write_frame(&ToWorker::Drained).await
     }
 }
 
@@ -442,22 +439,24 @@ fn socket_end(e: &WsError) -> End {
 
 /// The `task` frame of a delivery.
 pub fn task_frame(d: &Delivery) -> Bytes {
-    let mut header = Map::with_capacity(d.spec.fields.len() + 5);
-    header.insert("op".into(), Value::from("task"));
-    header.insert("task".into(), Value::from(d.task));
-    header.insert("kind".into(), Value::from(d.spec.kind.name()));
-    header.insert("key".into(), Value::from(&*d.key));
-    header.insert("attempt".into(), Value::from(d.attempt));
-    for (k, v) in &d.spec.fields {
-        header.insert(k.clone(), v.clone());
-    }
-    frame::encode(&header, &d.spec.body)
+    ToWorker::Task(Task {
+        task: d.task,
+        key: d.key.to_string(),
+        attempt: d.attempt,
+        identity: d.spec.identity.clone(),
+        event: d.spec.event.clone(),
+        body: d.spec.body.clone(),
+    })
+    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::pool::{Kind, TaskSpec};
+    use crate::worker::pool::TaskSpec;
+    use rainbow_protocol::Qos;
+    use rainbow_protocol::worker::{TaskEvent, split};
+    use serde_json::Value;
 
     #[test]
     fn names_are_cut_and_cleaned() {
@@ -470,15 +469,14 @@ mod tests {
 
     #[test]
     fn task_frames_carry_the_delivery_and_the_spec() {
-        let mut fields = Map::new();
-        fields.insert("identity".into(), "abc".into());
-        fields.insert("type".into(), 7.into());
-        let spec = Arc::new(TaskSpec { kind: Kind::Message, fields, body: Bytes::from_static(b"pay") });
+        let event = TaskEvent::Message { message_type: 7, qos: Qos::AtLeastOnce, context: None };
+        let spec = Arc::new(TaskSpec { identity: "abc".into(), event, body: Bytes::from_static(b"pay") });
         let d = Delivery { task: 3, key: Arc::from("n-3"), attempt: 2, spec };
-        let raw = frame::split(task_frame(&d)).unwrap();
+        let raw = split(task_frame(&d)).unwrap();
         assert_eq!(
             Value::Object(raw.header),
-            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc", "type": 7})
+            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc",
+                   "type": 7, "qos": 1, "context": null})
         );
         assert_eq!(&raw.body[..], b"pay");
     }

@@ -46,10 +46,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend with no worker attached yet. `max_idle` bounds the pooled
-    /// keep-alive connections per webhook host.
-    pub fn new(max_idle: usize, metrics: Arc<Metrics>) -> Backend {
-        Backend { webhooks: webhook::Webhooks::new(max_idle), workers: Pool::new(metrics.workers.clone()), metrics }
+    /// A backend with no worker attached yet, for the node tagged
+    /// `node_tag`. `max_idle` bounds the pooled keep-alive connections per
+    /// webhook host.
+    pub fn new(max_idle: usize, metrics: Arc<Metrics>, node_tag: u32) -> Backend {
+        let workers = Pool::new(metrics.workers.clone(), node_tag);
+        Backend { webhooks: webhook::Webhooks::new(max_idle), workers, metrics }
     }
 
     /// The attached workers and their task queue.

@@ -19,20 +19,20 @@
 //! that with no `forward_url` messages wait `worker_queue_timeout` before
 //! failing instead of failing at once (the client gets no reply either way).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use rainbow_protocol::SendPacket;
-use serde_json::{Map, Value};
+use rainbow_protocol::worker::{ReplyFields, TaskEvent};
 use tracing::{debug, error, warn};
 
 use super::{Backend, ConnectDecision, Control, HookError, is_withheld};
 use crate::config::Config;
 use crate::config::route::{EventSet, WorkerRoute};
 use crate::hub::{Connection, Identity};
-use crate::worker::frame::ReplyFields;
 use crate::worker::pool::{Failure, Kind, Limits, Outcome, TaskSpec};
 
 /// Where an event goes.
@@ -101,10 +101,6 @@ fn checked(outcome: Outcome) -> Outcome {
     }
 }
 
-fn identity_field(fields: &mut Map<String, Value>, identity: Identity) {
-    fields.insert("identity".into(), Value::String(identity.to_string()));
-}
-
 impl Backend {
     /// The connect hook, routed: the webhook, or a `connect` task.
     pub async fn connect(
@@ -118,9 +114,7 @@ impl Backend {
         if target(config, Kind::Connect, None, self.workers.attached() > 0) == Target::Webhook {
             return self.webhooks.connect(config, &self.metrics, identity, query, headers).await;
         }
-        let mut fields = Map::new();
-        identity_field(&mut fields, identity);
-        let mut header_map = Map::new();
+        let mut header_map: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in headers {
             if is_withheld(name.as_str()) {
                 continue;
@@ -128,21 +122,19 @@ impl Backend {
             let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
             match header_map.get_mut(name.as_str()) {
                 // Repeated headers are joined as HTTP allows.
-                Some(Value::String(existing)) => {
+                Some(existing) => {
                     existing.push_str(", ");
                     existing.push_str(&value);
                 }
-                _ => {
-                    header_map.insert(name.as_str().to_owned(), Value::String(value));
+                None => {
+                    header_map.insert(name.as_str().to_owned(), value);
                 }
             }
         }
-        fields.insert("headers".into(), Value::Object(header_map));
         // A repeated parameter keeps its last value.
-        let params: Map<String, Value> = query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        fields.insert("params".into(), Value::Object(params));
-        fields.insert("remote".into(), Value::String(peer.to_string()));
-        let spec = TaskSpec { kind: Kind::Connect, fields, body: Bytes::new() };
+        let params = query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let event = TaskEvent::Connect { headers: header_map, params, remote: peer.to_string() };
+        let spec = TaskSpec { identity: identity.to_string(), event, body: Bytes::new() };
         match checked(run(self, config, spec, config.hook_timeout).await) {
             Ok(reply) => match reply.fields.accept {
                 Some(true) => match control(&reply.worker, &reply.fields) {
@@ -172,12 +164,8 @@ impl Backend {
         if target(config, Kind::Message, Some(t), self.workers.attached() > 0) == Target::Webhook {
             return self.webhooks.forward(config, &self.metrics, identity, cookie, t, send.payload.clone()).await;
         }
-        let mut fields = Map::new();
-        identity_field(&mut fields, identity);
-        fields.insert("type".into(), t.into());
-        fields.insert("qos".into(), send.qos.as_u8().into());
-        fields.insert("context".into(), cookie.map_or(Value::Null, |c| Value::String(c.to_owned())));
-        let spec = TaskSpec { kind: Kind::Message, fields, body: send.payload.clone() };
+        let event = TaskEvent::Message { message_type: t, qos: send.qos, context: cookie.map(str::to_owned) };
+        let spec = TaskSpec { identity: identity.to_string(), event, body: send.payload.clone() };
         match checked(run(self, config, spec, config.forward_timeout).await) {
             Ok(reply) => {
                 let control = control(&reply.worker, &reply.fields)?;
@@ -200,10 +188,8 @@ impl Backend {
         if tokio::time::timeout(config.forward_timeout, conn.forwards_done()).await.is_err() {
             warn!(%identity, side = "worker", "a message task of this connection outlived forward_timeout; sending close anyway");
         }
-        let mut fields = Map::new();
-        identity_field(&mut fields, identity);
-        fields.insert("context".into(), cookie.as_deref().map_or(Value::Null, |c| Value::String(c.to_owned())));
-        let spec = TaskSpec { kind: Kind::Close, fields, body: Bytes::new() };
+        let event = TaskEvent::Close { context: cookie.as_deref().map(str::to_owned) };
+        let spec = TaskSpec { identity: identity.to_string(), event, body: Bytes::new() };
         match checked(run(self, config, spec, config.hook_timeout).await) {
             Ok(reply) => debug!(%identity, worker = %reply.worker, "close task answered"),
             Err(failure) => {

@@ -62,7 +62,7 @@ fn classify(err: reqwest::Error, timeout: Duration) -> HookError {
 impl Webhooks {
     /// A backend client. `max_idle` bounds pooled keep-alive connections per
     /// backend host.
-    pub fn new(max_idle: usize) -> Backend {
+    pub fn new(max_idle: usize) -> Webhooks {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(max_idle)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -208,7 +208,7 @@ fn hook_headers(identity: Identity, cookie: Option<&str>) -> Result<HeaderMap, H
     headers.insert(IDENTITY_HEADER, identity_value(identity));
     if let Some(cookie) = cookie {
         let value = HeaderValue::from_str(cookie)
-            .map_err(|_| HookError::Unreachable("the connection's cookie is not a valid header value".into()))?;
+            .map_err(|_| HookError::BadAnswer("the connection's context is not a valid header value".into()))?;
         headers.insert(COOKIE_HEADER, value);
     }
     Ok(headers)

@@ -249,7 +249,7 @@ impl Hub {
         if conn.is_gone() {
             return Err(SubscribeError::Gone);
         }
-        let mut mine = conn.channels();
+        let mine = conn.channels();
         let subscribed = mine.iter().any(|c| &**c == channel);
         if !subscribed && mine.len() >= self.max_channels_per_connection {
             return Err(SubscribeError::TooMany(mine.len()));

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use super::Problem;
 
-pub use crate::worker::frame::CallOp as Op;
+pub use rainbow_protocol::worker::CallOp as Op;
 
 /// Longest `timeout` a delivery may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -228,7 +228,8 @@ fn whole(field: Field<'_>, range: std::ops::RangeInclusive<f64>, default: f64) -
 }
 
 fn message(fields: &dyn Fields, payload: Bytes) -> Result<Message, Problem> {
-    let qos = whole(fields.field("qos"), 0.0..=2.0, 2.0).and_then(|q| Qos::from_u8(q as u8)).ok_or(Problem::QosLevel)?;
+    let qos =
+        whole(fields.field("qos"), 0.0..=2.0, 2.0).and_then(|q| Qos::from_u8(q as u8)).ok_or(Problem::QosLevel)?;
     // Range-checked, so the cast is exact.
     let message_type = whole(fields.field("type"), 0.0..=65535.0, 1.0).ok_or(Problem::Params)? as u16;
     let timeout = match number(fields.field("timeout")) {
@@ -312,7 +313,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((message.message_type, message.qos, message.timeout), (7, Qos::AtMostOnce, Duration::from_millis(500)));
+        assert_eq!(
+            (message.message_type, message.qos, message.timeout),
+            (7, Qos::AtMostOnce, Duration::from_millis(500))
+        );
         assert_eq!(parse(Op::Send, json!({})), Err(Problem::ChannelMiss));
         assert_eq!(parse(Op::Send, json!({"channel": ""})), Err(Problem::ChannelMiss));
         assert_eq!(parse(Op::Send, json!({"channel": 5})), Err(Problem::Params));
@@ -368,10 +372,7 @@ mod tests {
     fn a_request_crosses_the_cluster_without_its_payload() {
         let push = parse(Op::Push, json!({"identity": "ab", "qos": 1, "type": 3, "timeout": 2})).unwrap();
         let header = serde_json::to_value(&push).unwrap();
-        assert_eq!(
-            header,
-            json!({"kind": "push", "identity": "ab", "message_type": 3, "qos": 1, "timeout_ms": 2000})
-        );
+        assert_eq!(header, json!({"kind": "push", "identity": "ab", "message_type": 3, "qos": 1, "timeout_ms": 2000}));
         let back: Request = serde_json::from_value(header).unwrap();
         assert_eq!(back.clone().with_payload(push.payload()), push);
         assert!(back.payload().is_empty());

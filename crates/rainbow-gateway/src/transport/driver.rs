@@ -295,7 +295,9 @@ impl<'a> State<'a> {
     /// forward task that makes room wakes this driver.
     fn may_read(&self) -> bool {
         let metrics = &self.gw.metrics;
-        self.conn.forward_room(self.max_pending_forwards as usize, || metrics.forward_queue_full.inc())
+        self.conn.forward_room(self.max_pending_forwards as usize, || {
+            metrics.forward_queue_full.inc();
+        })
     }
 
     /// Polls the inline drain, if any. `true` if the loop must turn again:

@@ -43,12 +43,7 @@ pub enum Drain {
 /// Queues a client message for forwarding. If fewer than `concurrency`
 /// drains run, starts one: spawned, or (with `concurrency` 1) returned for
 /// the driver to poll.
-pub fn enqueue(
-    gw: &Arc<Gateway>,
-    conn: &Arc<Connection>,
-    send: SendPacket,
-    concurrency: usize,
-) -> Option<DrainFuture> {
+pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: SendPacket, concurrency: usize) -> Option<DrainFuture> {
     if !conn.queue_forward(send, concurrency) {
         return None;
     }

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -141,7 +140,7 @@ pub async fn connect(
         os,
         max_message: config.max_message_size,
         subscribe: control.subscribe,
-        subscribed,
+        subscribed: Some(subscribed),
     });
     gw.tasks.spawn(serve(gw.clone(), conn, admission, upgrade));
     // The hook's channels are active cluster-wide before the client hears
@@ -161,16 +160,19 @@ struct Upgrade {
     /// Channels the connect hook joined, to make active in the cluster.
     subscribe: Vec<String>,
     /// Told once they are (or the cluster gave up on them).
-    subscribed: oneshot::Sender<()>,
+    subscribed: Option<oneshot::Sender<()>>,
 }
 
 impl Upgrade {
     /// Waits for hyper to hand the connection over and takes its socket;
     /// `None` when that failed (the connection is then finished).
-    async fn complete(self: Box<Self>, gw: &Gateway, conn: &Connection) -> Option<socket::Socket> {
-        let Upgrade { on_upgrade, peer, device_id, os, max_message, subscribe, subscribed } = *self;
-        gw.cluster.subscribe_now(&subscribe).await;
-        let _ = subscribed.send(());
+    async fn complete(mut self: Box<Self>, gw: &Gateway, conn: &Connection) -> Option<socket::Socket> {
+        // Boxed: needed once, and the task would otherwise keep room for it.
+        Box::pin(gw.cluster.subscribe_now(&self.subscribe)).await;
+        if let Some(subscribed) = self.subscribed.take() {
+            let _ = subscribed.send(());
+        }
+        let Upgrade { on_upgrade, peer, device_id, os, max_message, .. } = *self;
         let identity = conn.identity();
         let reason = match on_upgrade.await {
             Ok(upgraded) => match socket::Socket::from_upgraded(upgraded, max_message) {
@@ -232,7 +234,7 @@ mod tests {
         let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
-        let mut request = Request::new(Body::empty());
+        let mut request = Request::new(axum::body::Body::empty());
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (subscribed, _ready) = oneshot::channel();
         let upgrade = Box::new(Upgrade {
@@ -242,7 +244,7 @@ mod tests {
             os: "o".into(),
             max_message: 1024,
             subscribe: Vec::new(),
-            subscribed,
+            subscribed: Some(subscribed),
         });
         let task = serve(gw.clone(), conn, Admission(gw.clone()), upgrade);
         let size = std::mem::size_of_val(&task);

@@ -4,12 +4,12 @@
 //! workers come, go, restart or crash. The contract is
 //! `docs/worker-protocol.md`.
 //!
-//! What lives here is the dispatcher, with no IO:
+//! What lives here is the dispatcher, with no IO. The frames themselves
+//! (codec and types, both directions) are [`rainbow_protocol::worker`],
+//! shared with the `rainbow-worker` SDK.
 //! - [`pool`]: attached workers and their credits, the one bounded
 //!   gateway-wide task queue (count and age bounds), requeue at the front
 //!   when a worker dies, draining. Synchronous state, tested without sockets.
-//! - [`frame`]: the frame codec (`u32` BE header length, JSON header, body)
-//!   and the typed frames; pure, property- and fuzz-tested.
 //! - [`metrics`]: the `rainbow_worker*` metrics.
 //!
 //! Who uses it: `backend::route` submits the connect, message and close tasks
@@ -20,7 +20,6 @@
 //! through its forward queue one at a time, and a message routed to a worker
 //! simply awaits the worker's reply where it would await the HTTP call.
 
-pub mod frame;
 pub mod metrics;
 pub mod pool;
 

@@ -30,11 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use rainbow_protocol::worker::{MAX_CREDITS, ReplyFields, TaskEvent};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::frame::{MAX_CREDITS, ReplyFields};
 use super::metrics::WorkerMetrics;
 
 /// A task's id, unique in this gateway process; kept on redelivery.
@@ -42,38 +41,26 @@ pub type TaskId = u64;
 /// A worker session's id, unique in this gateway process.
 pub type WorkerId = u64;
 
-/// What happened on the client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A client wants to connect.
-    Connect,
-    /// A client sent a message.
-    Message,
-    /// A client connection ended.
-    Close,
-}
-
-impl Kind {
-    /// The protocol's name, also a metrics label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Connect => "connect",
-            Kind::Message => "message",
-            Kind::Close => "close",
-        }
-    }
-}
+/// What happened on the client connection: the protocol's task kind.
+pub use rainbow_protocol::worker::TaskKind as Kind;
 
 /// A task's content: built once, sent again unchanged on redelivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
-    /// What happened.
-    pub kind: Kind,
-    /// Header fields besides `op`, `task`, `kind`, `key`, `attempt`
-    /// (`identity`, `type`, `qos`, `context`, `headers`, ...).
-    pub fields: Map<String, Value>,
+    /// The client connection's identity.
+    pub identity: String,
+    /// What happened, with the kind's fields (`type`, `qos`, `context`,
+    /// `headers`, ...).
+    pub event: TaskEvent,
     /// The client's payload (messages), else empty.
     pub body: Bytes,
+}
+
+impl TaskSpec {
+    /// What happened.
+    pub fn kind(&self) -> Kind {
+        self.event.kind()
+    }
 }
 
 /// One delivery of a task to a worker.
@@ -251,7 +238,11 @@ enum Check {
 /// The worker pool. One per gateway.
 #[derive(Debug)]
 pub struct Pool {
+    /// This node's tag, in hex (as `/serverinfo/` and the cluster show it).
     node: String,
+    /// Prefix of task keys: the node and a random part, so that keys stay
+    /// unique across restarts of the gateway (task ids start again at 1).
+    key_prefix: String,
     metrics: WorkerMetrics,
     state: Mutex<State>,
     closing: watch::Sender<bool>,
@@ -261,13 +252,15 @@ pub struct Pool {
 pub const DELIVERY_CAPACITY: usize = MAX_CREDITS as usize;
 
 impl Pool {
-    /// An empty pool; `metrics` are updated as tasks move.
-    pub fn new(metrics: WorkerMetrics) -> Pool {
-        let node: String = rand::random::<[u8; 8]>().iter().map(|b| format!("{b:02x}")).collect();
-        Pool { node, metrics, state: Mutex::new(State::default()), closing: watch::channel(false).0 }
+    /// An empty pool of the node tagged `node_tag`; `metrics` are updated as
+    /// tasks move.
+    pub fn new(metrics: WorkerMetrics, node_tag: u32) -> Pool {
+        let node = format!("{node_tag:08x}");
+        let key_prefix = format!("{node}{:08x}", rand::random::<u32>());
+        Pool { node, key_prefix, metrics, state: Mutex::new(State::default()), closing: watch::channel(false).0 }
     }
 
-    /// This gateway process's id, sent in `welcome` and used in task keys.
+    /// This node's tag (a new random one at each start), sent in `welcome`.
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -435,7 +428,7 @@ impl Pool {
             return Err(Failure::Shutdown);
         }
         if s.queue.len() >= limits.queue_size && (!s.queue.is_empty() || pick(&s.workers).is_none()) {
-            self.metrics.dropped(spec.kind, "queue_full");
+            self.metrics.dropped(spec.kind(), "queue_full");
             return Err(Failure::QueueFull(limits.queue_size));
         }
         s.next_task += 1;
@@ -443,8 +436,8 @@ impl Pool {
         let deadline = now + timeout;
         let expires = (now + limits.queue_timeout).min(deadline);
         let (done, rx) = oneshot::channel();
-        let key: Arc<str> = Arc::from(format!("{}-{id}", self.node));
-        let kind = spec.kind;
+        let key: Arc<str> = Arc::from(format!("{}-{id}", self.key_prefix));
+        let kind = spec.kind();
         let entry = Entry {
             spec: Arc::new(spec),
             key,
@@ -510,7 +503,7 @@ impl Pool {
             Place::Queued { expires } if now < expires => Check::Wait(expires),
             Place::Queued { .. } => {
                 let failure = Failure::QueueTimeout(now.saturating_duration_since(entry.created));
-                let kind = entry.spec.kind;
+                let kind = entry.spec.kind();
                 s.tasks.remove(&id);
                 s.queue.retain(|t| *t != id);
                 self.metrics.dropped(kind, "queue_timeout");
@@ -522,7 +515,7 @@ impl Pool {
                 // Abandon it: the worker keeps the credit until it answers.
                 entry.done = None;
                 let timeout = entry.timeout;
-                let kind = entry.spec.kind;
+                let kind = entry.spec.kind();
                 let name = s.workers.get(&worker).map(|w| w.name.clone()).unwrap_or_else(|| Arc::from(""));
                 self.metrics.dropped(kind, "timeout");
                 Check::Failed(Failure::Timeout { worker: name, timeout })
@@ -613,13 +606,12 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(15);
 
     fn spec(n: u64) -> TaskSpec {
-        let mut fields = Map::new();
-        fields.insert("n".into(), n.into());
-        TaskSpec { kind: Kind::Message, fields, body: Bytes::new() }
+        let event = TaskEvent::Message { message_type: 1, qos: rainbow_protocol::Qos::AtMostOnce, context: None };
+        TaskSpec { identity: n.to_string(), event, body: Bytes::new() }
     }
 
     fn pool() -> Pool {
-        Pool::new(WorkerMetrics::default())
+        Pool::new(WorkerMetrics::default(), 0x0a0b0c0d)
     }
 
     fn attach(pool: &Pool, credits: u32) -> (WorkerId, mpsc::Receiver<Delivery>) {
@@ -630,7 +622,7 @@ mod tests {
     }
 
     fn n(d: &Delivery) -> u64 {
-        d.spec.fields["n"].as_u64().unwrap()
+        d.spec.identity.parse().unwrap()
     }
 
     fn ok() -> Outcome {

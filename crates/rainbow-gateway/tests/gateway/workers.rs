@@ -282,7 +282,7 @@ async fn a_full_queue_drops_qos0_counts_it_and_leaves_qos1_unanswered_until_retr
     // No worker: the first message waits in the queue (size 1)...
     let mut a = raw_connect(&gw).await;
     send_packet(&mut a, send(Qos::AtLeastOnce, 1, "queued")).await;
-    wait_for("one queued task", || gw.gw.workers.queued() == 1).await;
+    wait_for("one queued task", || gw.gw.backend.workers().queued() == 1).await;
     // ...the next ones find it full: qos 0 is dropped and counted, qos 1 and
     // 2 get no answer.
     let mut b = raw_connect(&gw).await;
@@ -345,7 +345,7 @@ async fn a_task_waits_at_most_the_queue_timeout() {
     send_packet(&mut ws, Packet::Send(send)).await;
     assert_silent(&mut ws, Duration::from_millis(600)).await;
     assert_eq!(gw.metric("rainbow_worker_tasks_dropped_total{kind=\"message\",reason=\"queue_timeout\"}").await, 1.0);
-    assert_eq!(gw.gw.workers.queued(), 0);
+    assert_eq!(gw.gw.backend.workers().queued(), 0);
     // A connect routed to workers with none attached waits too, then 503.
     let gw = TestGateway::start(&backend, &[WORKERS_ONLY, timeout]).await;
     assert_eq!(refused_status(&gw.ws_url(), &[("X-DEVICEID", "d"), ("X-CLIENT-OS", "o")]).await, 503);
@@ -581,7 +581,7 @@ async fn a_library_worker_reconnects_and_its_dedup_answers_redeliveries() {
     let runs = runs.lock().unwrap();
     assert_eq!(runs.len(), 36);
     assert!(runs.values().all(|n| *n == 1), "a redelivered task ran its handler again: {runs:?}");
-    assert_eq!(gw.gw.workers.attached(), 1, "the worker came back by itself");
+    assert_eq!(gw.gw.backend.workers().attached(), 1, "the worker came back by itself");
     running.abort();
 }
 
