@@ -119,7 +119,7 @@ pub async fn subscribe(ws: &mut Ws, counters: &Counters) -> End {
     }
 }
 
-/// The next message id after `id` (1..=65534, wrapping to 1; spec §2).
+/// The next message id after `id` (1..=65534, wrapping to 1; docs/protocol.md §2).
 pub fn next_id(id: u16) -> u16 {
     if id >= 65_534 { 1 } else { id + 1 }
 }

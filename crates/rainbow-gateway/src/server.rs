@@ -48,7 +48,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// Ports tried after the default one is taken (spec §9).
+/// Ports tried after the default one is taken (docs/protocol.md §9).
 const FALLBACK_PORTS: std::ops::RangeInclusive<u16> = 1985..=2003;
 
 /// The server could not start.

@@ -3,7 +3,7 @@
 //! qos 0 and 1 need no memory here: a qos-1 SEND is processed every time it
 //! arrives (at least once) and answered with an ACK. qos 2 is where state
 //! lives: [`Inbound`] remembers each qos-2 id from its SEND until the REL, and
-//! a SEND with a remembered id is not processed again (exactly once, spec §2).
+//! a SEND with a remembered id is not processed again (exactly once, docs/protocol.md §2).
 //! Once the reply is known it is remembered too, so a duplicate that arrives
 //! after our REC (the REC was lost) gets the same REC again instead of silence.
 //!
@@ -114,7 +114,7 @@ impl Inbound {
     }
 
     /// Processing failed: forget a qos-2 id so the sender's retransmission is
-    /// processed (spec §4).
+    /// processed (docs/protocol.md §4).
     pub fn failed(&mut self, send_id: u16, qos: Qos) {
         if qos == Qos::ExactlyOnce {
             self.unreleased.remove(&send_id);

@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::packet::{Packet, Qos, SendPacket};
 
-/// The highest message id; ids wrap from here back to 1 (spec §2).
+/// The highest message id; ids wrap from here back to 1 (docs/protocol.md §2).
 pub const MAX_MESSAGE_ID: u16 = 65534;
 
 /// Tuning for an [`Outbound`].

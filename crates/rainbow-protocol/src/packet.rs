@@ -1,4 +1,4 @@
-//! The v1 packet codec: one packet per WebSocket message (spec §2).
+//! The v1 packet codec: one packet per WebSocket message (docs/protocol.md §2).
 //!
 //! This module turns bytes into [`Packet`]s and back. It knows nothing about
 //! connections, ids in flight or time; the QoS rules live in

@@ -123,7 +123,7 @@ impl HookError {
 }
 
 /// Request headers a client sent that must not reach the backend: hop-by-hop
-/// and handshake headers (spec §3), and any `RAINBOW*` header, which only the
+/// and handshake headers (docs/protocol.md §3), and any `RAINBOW*` header, which only the
 /// gateway may set (a client must not forge an identity or a context).
 pub(crate) fn is_withheld(name: &str) -> bool {
     let name = name.to_ascii_lowercase();

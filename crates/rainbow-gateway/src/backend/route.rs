@@ -33,7 +33,7 @@ use super::{Backend, ConnectDecision, Control, HookError, is_withheld};
 use crate::config::Config;
 use crate::config::route::{EventSet, WorkerRoute};
 use crate::hub::{Connection, Identity};
-use crate::worker::pool::{Failure, Kind, Limits, Outcome, TaskSpec};
+use crate::worker::pool::{Failure, Kind, Limits, TaskResult, TaskSpec};
 
 /// Where an event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ fn limits(config: &Config) -> Limits {
     Limits { queue_size: config.worker_queue_size, queue_timeout: config.worker_queue_timeout }
 }
 
-async fn run(backend: &Backend, config: &Config, spec: TaskSpec, timeout: Duration) -> Outcome {
+async fn run(backend: &Backend, config: &Config, spec: TaskSpec, timeout: Duration) -> TaskResult {
     match backend.workers.submit(spec, timeout, limits(config), Instant::now()) {
         Ok(pending) => pending.wait().await,
         Err(failure) => Err(failure),
@@ -92,7 +92,7 @@ fn control(worker: &str, fields: &ReplyFields) -> Result<Control, HookError> {
 }
 
 /// Turns a reply carrying `error` into a failure.
-fn checked(outcome: Outcome) -> Outcome {
+fn checked(outcome: TaskResult) -> TaskResult {
     match outcome {
         Ok(reply) if reply.fields.error.is_some() => {
             Err(Failure::Error { worker: reply.worker, message: reply.fields.error.unwrap_or_default() })

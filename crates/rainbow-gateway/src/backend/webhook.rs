@@ -22,7 +22,7 @@ pub struct Webhooks {
     /// Calls to `https://` hook URLs.
     http: reqwest::Client,
     /// Calls to `http://` hook URLs.
-    plain: std::sync::Arc<http1::Pool>,
+    plain: std::sync::Arc<http1::Client>,
 }
 
 /// Adds `timestamp`, `nonce`, `signature` to a URL, dropping any the URL or
@@ -42,6 +42,11 @@ fn signed_url(mut url: reqwest::Url, extra: &[(String, String)], token: &str) ->
         }
     }
     url
+}
+
+/// An answer whose body is over [`http1::MAX_BODY`].
+fn too_large() -> HookError {
+    HookError::BadAnswer(format!("its answer is over {} MiB", http1::MAX_BODY >> 20))
 }
 
 fn classify(err: reqwest::Error, timeout: Duration) -> HookError {
@@ -68,12 +73,14 @@ impl Webhooks {
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
+            // As on `http://` URLs: a 3xx answer is the caller's to judge.
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             // Building fails only when the TLS backend cannot initialise,
             // which is a broken installation rather than an input.
             .unwrap_or_else(|e| panic!("cannot initialise the HTTP client: {e}"));
-        Webhooks { http, plain: std::sync::Arc::new(http1::Pool::new(max_idle)) }
+        Webhooks { http, plain: std::sync::Arc::new(http1::Client::new(max_idle)) }
     }
 
     /// One hook call: [`http1`] for `http://` URLs, reqwest for the others.
@@ -89,19 +96,29 @@ impl Webhooks {
             let uri: Uri = url.as_str().parse().map_err(|_| HookError::BadUrl(url.origin().ascii_serialization()))?;
             return match tokio::time::timeout(timeout, self.plain.request(method, &uri, headers, body)).await {
                 Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e)) => Err(HookError::Unreachable(e)),
+                Ok(Err(http1::CallError::Unreachable(e))) => Err(HookError::Unreachable(e)),
+                Ok(Err(http1::CallError::TooLarge)) => Err(too_large()),
                 Err(_) => Err(HookError::Timeout(timeout)),
             };
         }
         let request = self.http.request(method, url).timeout(timeout).headers(headers).body(body);
-        async {
-            let response = request.send().await?;
+        let answer = async {
+            let mut response = request.send().await?;
             let (status, headers) = (response.status(), response.headers().clone());
-            let body = response.bytes().await?;
-            Ok(HookResponse { status, headers, body })
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > http1::MAX_BODY {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(HookResponse { status, headers, body: body.freeze() }))
+        };
+        match answer.await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(too_large()),
+            Err(e) => Err(classify(e, timeout)),
         }
-        .await
-        .map_err(|e| classify(e, timeout))
     }
 
     /// Runs the connect hook for a handshake: the client's query pairs and

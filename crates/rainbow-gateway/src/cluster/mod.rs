@@ -1,5 +1,5 @@
 //! The cluster over Redis: any node's API reaches every connection, and nodes
-//! come and go without breaking users (spec §11, replacing the original's UDP
+//! come and go without breaking users (docs/protocol.md §11, replacing the original's UDP
 //! discovery and HTTP fan-out).
 //!
 //! - [`message`]: what nodes say to each other and the Redis names they use.
@@ -110,9 +110,7 @@ impl Cluster {
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.node.as_ref()
     }
-}
 
-impl Cluster {
     /// Subscribes these channels in Redis before returning, when clustered
     /// and this node just gained their first subscriber, so a publish on
     /// another node right after the handshake reaches the new connection.

@@ -460,12 +460,18 @@ impl Config {
     /// a path segment (what the original server did).
     pub fn forward_url_for(&self, message_type: u16) -> Option<String> {
         let template = self.forward_url.as_deref()?;
-        Some(if template.contains("{message_type}") {
-            template.replace("{message_type}", &message_type.to_string())
-        } else if template.ends_with('/') {
-            format!("{template}{message_type}/")
-        } else {
-            format!("{template}/{message_type}/")
+        if template.contains("{message_type}") {
+            return Some(template.replace("{message_type}", &message_type.to_string()));
+        }
+        // The type is a path segment: before the query, if there is one.
+        let (path, query) = match template.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (template, None),
+        };
+        let slash = if path.ends_with('/') { "" } else { "/" };
+        Some(match query {
+            Some(query) => format!("{path}{slash}{message_type}/?{query}"),
+            None => format!("{path}{slash}{message_type}/"),
         })
     }
 }
@@ -547,5 +553,10 @@ mod tests {
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/rainbow/message/7/?x=1");
         let c = config(&[("forward_url", "http://b/msg")]).unwrap();
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/");
+        // Found while writing docs/protocol.md: the type went after the query.
+        let c = config(&[("forward_url", "http://b/msg?x=1")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1");
+        let c = config(&[("forward_url", "http://b/msg/?x=1&y=2")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1&y=2");
     }
 }

@@ -359,7 +359,7 @@ impl<'a> State<'a> {
             Outgoing::Publish(publication) => {
                 let now = Instant::now();
                 if publication.deadline <= now {
-                    publication.tracker.failed();
+                    publication.tracker.expired();
                     return;
                 }
                 let outbound = &mut self.exchanges().outbound;
@@ -500,7 +500,7 @@ impl<'a> State<'a> {
                 gw.metrics.retransmits.inc();
                 conn.push_reply(Outgoing::Control(packet.encode()));
             }
-            Timeout::Expired(publication) => publication.tracker.failed(),
+            Timeout::Expired(publication) => publication.tracker.expired(),
         });
         self.stalled = false;
     }

@@ -1,4 +1,4 @@
-//! Carrying client messages to the backend's forward hook (spec §4).
+//! Carrying client messages to the backend's forward hook (docs/protocol.md §4).
 //!
 //! Each connection has an ordered queue of messages to forward (in
 //! `Connection`) and at most `forward_concurrency` drains working it; with

@@ -10,7 +10,6 @@
 //! - [`pool`]: attached workers and their credits, the one bounded
 //!   gateway-wide task queue (count and age bounds), requeue at the front
 //!   when a worker dies, draining. Synchronous state, tested without sockets.
-//! - [`metrics`]: the `rainbow_worker*` metrics.
 //!
 //! Who uses it: `backend::route` submits the connect, message and close tasks
 //! (instead of the webhooks, as the `[workers]` keys say), and `api::worker`
@@ -20,8 +19,6 @@
 //! through its forward queue one at a time, and a message routed to a worker
 //! simply awaits the worker's reply where it would await the HTTP call.
 
-pub mod metrics;
 pub mod pool;
 
-pub use metrics::WorkerMetrics;
 pub use pool::{Failure, Pool, WorkerInfo};

@@ -34,7 +34,7 @@ use rainbow_protocol::worker::{MAX_CREDITS, ReplyFields, TaskEvent};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::metrics::WorkerMetrics;
+use crate::metrics::WorkerMetrics;
 
 /// A task's id, unique in this gateway process; kept on redelivery.
 pub type TaskId = u64;
@@ -133,7 +133,7 @@ pub struct WorkerReply {
 }
 
 /// A task's outcome: the worker's reply, or why there is none.
-pub type Outcome = Result<WorkerReply, Failure>;
+pub type TaskResult = Result<WorkerReply, Failure>;
 
 /// Queue bounds, read from the live configuration at each submit.
 #[derive(Debug, Clone, Copy)]
@@ -191,7 +191,7 @@ struct Entry {
     deadline: Instant,
     place: Place,
     /// `None` once the caller stopped waiting (abandoned).
-    done: Option<oneshot::Sender<Outcome>>,
+    done: Option<oneshot::Sender<TaskResult>>,
 }
 
 #[derive(Debug)]
@@ -214,7 +214,7 @@ impl Slot {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct Dispatch {
     next_task: TaskId,
     next_worker: WorkerId,
     workers: BTreeMap<WorkerId, Slot>,
@@ -244,7 +244,7 @@ pub struct Pool {
     /// unique across restarts of the gateway (task ids start again at 1).
     key_prefix: String,
     metrics: WorkerMetrics,
-    state: Mutex<State>,
+    state: Mutex<Dispatch>,
     closing: watch::Sender<bool>,
 }
 
@@ -257,7 +257,7 @@ impl Pool {
     pub fn new(metrics: WorkerMetrics, node_tag: u32) -> Pool {
         let node = format!("{node_tag:08x}");
         let key_prefix = format!("{node}{:08x}", rand::random::<u32>());
-        Pool { node, key_prefix, metrics, state: Mutex::new(State::default()), closing: watch::channel(false).0 }
+        Pool { node, key_prefix, metrics, state: Mutex::new(Dispatch::default()), closing: watch::channel(false).0 }
     }
 
     /// This node's tag (a new random one at each start), sent in `welcome`.
@@ -270,7 +270,7 @@ impl Pool {
         &self.metrics
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Dispatch> {
         // Every critical section leaves the state consistent; a panic
         // elsewhere must not wedge dispatch.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -392,7 +392,7 @@ impl Pool {
 
     /// A worker answered `task`. Returns what the reply did, and whether the
     /// worker is draining and now holds nothing (`drained` is due).
-    pub fn reply(&self, worker: WorkerId, task: TaskId, outcome: Outcome) -> (ReplyResult, bool) {
+    pub fn reply(&self, worker: WorkerId, task: TaskId, outcome: TaskResult) -> (ReplyResult, bool) {
         let mut s = self.lock();
         let held = s.workers.get_mut(&worker).is_some_and(|slot| slot.held.remove(&task));
         if !held {
@@ -461,7 +461,7 @@ impl Pool {
     }
 
     /// Moves queued tasks to free workers, front first.
-    fn pump(&self, s: &mut State) {
+    fn pump(&self, s: &mut Dispatch) {
         while let Some(&task) = s.queue.front() {
             let Some(worker) = pick(&s.workers) else { return };
             s.queue.pop_front();
@@ -486,7 +486,7 @@ impl Pool {
         }
     }
 
-    fn gauges(&self, s: &State) {
+    fn gauges(&self, s: &Dispatch) {
         self.metrics.workers.set(s.workers.len() as i64);
         self.metrics.queued.set(s.queue.len() as i64);
         self.metrics.in_flight.set(s.in_flight as i64);
@@ -556,7 +556,7 @@ fn pick(workers: &BTreeMap<WorkerId, Slot>) -> Option<WorkerId> {
 pub struct Pending<'a> {
     pool: &'a Pool,
     id: TaskId,
-    rx: oneshot::Receiver<Outcome>,
+    rx: oneshot::Receiver<TaskResult>,
     wake: Instant,
     finished: bool,
     started: Instant,
@@ -570,7 +570,7 @@ impl Pending<'_> {
     }
 
     /// Waits for the worker's answer, or the first timeout that applies.
-    pub async fn wait(mut self) -> Outcome {
+    pub async fn wait(mut self) -> TaskResult {
         let outcome = loop {
             match tokio::time::timeout_at(self.wake.into(), &mut self.rx).await {
                 Ok(Ok(outcome)) => break outcome,
@@ -625,7 +625,7 @@ mod tests {
         d.spec.identity.parse().unwrap()
     }
 
-    fn ok() -> Outcome {
+    fn ok() -> TaskResult {
         Ok(WorkerReply { worker: Arc::from("w"), fields: ReplyFields::default() })
     }
 

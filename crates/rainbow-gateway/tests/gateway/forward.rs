@@ -1,4 +1,4 @@
-//! Client → backend (spec §4, §5): forwards at qos 0/1/2 with replies, qos-2
+//! Client → backend (docs/protocol.md §4, §5): forwards at qos 0/1/2 with replies, qos-2
 //! dedup, cookies and channel headers, order, failures.
 
 use std::time::Duration;
@@ -304,4 +304,42 @@ async fn a_non_ascii_cookie_from_the_backend_goes_back_unchanged() {
     client.close().await;
     let close = &backend.wait_calls("close", 1).await[0];
     assert_eq!(close.headers.get("rainbowclientcookie").map(|v| v.as_bytes()), Some("café=1".as_bytes()));
+}
+
+/// Found while writing docs/protocol.md: while the forward queue is full the
+/// gateway stops reading the client (backpressure), so it cannot see the
+/// client's pongs; it closed a live client with 1001 "ping timeout".
+#[tokio::test]
+async fn backpressure_does_not_count_against_the_clients_liveness() {
+    let backend = Backend::start().await;
+    backend.on_forward(|call| Reply::ok(&String::from_utf8_lossy(&call.body)).delay(Duration::from_millis(1500)));
+    let extra = [("ping_interval", "1s"), ("pong_timeout", "1s"), ("max_pending_forwards", "1")];
+    let gw = TestGateway::start(&backend, &extra).await;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(raw_connect(&gw).await);
+    for id in 1..=3u16 {
+        let send =
+            SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: format!("m{id}").into() };
+        futures_util::SinkExt::send(
+            &mut sink,
+            tokio_tungstenite::tungstenite::Message::Binary(Packet::Send(send).encode()),
+        )
+        .await
+        .unwrap();
+    }
+    // Reading answers the gateway's pings; the answers come 1.5 s apart.
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while acked < 3 {
+        let message = tokio::time::timeout_at(deadline, stream.next()).await.expect("the ACKs did not all come");
+        match message {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                assert!(matches!(Packet::decode(b), Ok(Packet::Ack(_))));
+                acked += 1;
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(gw.metric("rainbow_disconnects_total{reason=\"ping_timeout\"}").await, 0.0);
 }

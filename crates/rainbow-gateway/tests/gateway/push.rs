@@ -1,4 +1,4 @@
-//! The backend API (spec §8): /send/ at qos 0/1/2 with aggregation, DUP
+//! The backend API (docs/protocol.md §8): /send/ at qos 0/1/2 with aggregation, DUP
 //! retransmits and the timeout answer; /sub/, /unsub/, occupy; signatures.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Prometheus metrics: every counter the gateway keeps, and their rendering at
-//! `/metrics`.
+//! `/metrics`. The worker pool's own are in [`worker`].
 //!
 //! Hot-path counters are resolved once at start-up into plain fields, so
 //! counting a message is one atomic add with no label lookup. Label values are
@@ -13,11 +13,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub mod worker;
+
+pub use worker::WorkerMetrics;
+
+/// An `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     outcome: &'static str,
 }
 
+/// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -141,7 +147,7 @@ pub struct Metrics {
     pub cluster_up: Gauge,
     cluster_messages: Family<Kind, Counter>,
     /// The worker pool's metrics (`rainbow_worker*`).
-    pub workers: crate::worker::WorkerMetrics,
+    pub workers: WorkerMetrics,
 }
 
 fn hook_histogram() -> Histogram {
