@@ -198,11 +198,12 @@ async fn a_full_forward_queue_pauses_reading_and_every_message_is_still_answered
     assert!(gw.metric("rainbow_forward_queue_full_total").await >= 1.0, "the reader paused at least once");
 }
 
-#[tokio::test]
-async fn a_call_under_way_completes_after_the_client_leaves() {
-    let backend = Backend::start().await;
-    backend.on_forward(|_| Reply::ok("late").delay(Duration::from_millis(300)));
-    let gw = TestGateway::start(&backend, &[]).await;
+/// A qos-1 message whose forward the backend answers with `reply` after
+/// 300 ms; the client leaves meanwhile. Returns once the close hook ran and
+/// the call completed.
+async fn leave_during_a_forward(backend: &Backend, reply: Reply) -> TestGateway {
+    backend.on_forward(move |_| reply.clone().delay(Duration::from_millis(300)));
+    let gw = TestGateway::start(backend, &[]).await;
     let mut ws = raw_connect(&gw).await;
     send_packet(
         &mut ws,
@@ -219,6 +220,13 @@ async fn a_call_under_way_completes_after_the_client_leaves() {
         assert!(tokio::time::Instant::now() < deadline, "the forward call was abandoned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    gw
+}
+
+#[tokio::test]
+async fn a_call_under_way_completes_after_the_client_leaves() {
+    let backend = Backend::start().await;
+    leave_during_a_forward(&backend, Reply::ok("late")).await;
 }
 
 #[tokio::test]
@@ -265,22 +273,7 @@ async fn forward_concurrency_above_one_calls_the_backend_in_parallel() {
 #[tokio::test]
 async fn a_late_answer_does_not_subscribe_a_connection_that_is_gone() {
     let backend = Backend::start().await;
-    backend.on_forward(|_| Reply::ok("late").header("rainbowclientchannel", "ghost").delay(Duration::from_millis(300)));
-    let gw = TestGateway::start(&backend, &[]).await;
-    let mut ws = raw_connect(&gw).await;
-    send_packet(
-        &mut ws,
-        Packet::Send(SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
-    )
-    .await;
-    backend.wait_calls("forward", 1).await;
-    drop(ws);
-    backend.wait_calls("close", 1).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while gw.metric("rainbow_forwards_total{outcome=\"ok\"}").await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the forward call never completed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gw = leave_during_a_forward(&backend, Reply::ok("late").header("rainbowclientchannel", "ghost")).await;
     gw.wait_connections(0).await;
     let info: serde_json::Value = reqwest::get(gw.http("/serverinfo/?cluster=1")).await.unwrap().json().await.unwrap();
     assert_eq!(info["nodes"][0]["channels"], json!({}), "{info}");
