@@ -549,7 +549,8 @@ pub enum ToWorker {
         /// The protocol version the gateway speaks ([`VERSION`] when this
         /// crate encodes it).
         version: u64,
-        /// Identifies the gateway process (random, new at each start).
+        /// The gateway node's tag, 8 hex digits (random, new at each start;
+        /// the `node` of `/serverinfo/`).
         node: String,
         /// Numbers this session on that node.
         worker: u64,

@@ -51,7 +51,7 @@ keys! {
     "security_token" = "" : "Shared secret for signing hooks and checking API signatures (required).",
     "connect_url" = "" : "Connect hook URL; empty accepts every connection without asking a backend.",
     "close_url" = "" : "Close hook URL; empty skips the close hook.",
-    "forward_url" = "" : "Forward hook URL; `{message_type}` is replaced by the type (appended as a path segment if absent).",
+    "forward_url" = "" : "Forward hook URL; `{message_type}` is replaced by the type (appended as a path segment, before any query, if absent).",
     "http_port" = "1984" : "Port for WebSocket and HTTP API. If not set and 1984 is taken, 1985..2003 are tried.",
     "bind" = "0.0.0.0" : "Address to listen on.",
     "cluster_name" = "" : "Cluster name: the prefix of every Redis key and channel, so several clusters can share one Redis (see [cluster]).",
@@ -463,16 +463,10 @@ impl Config {
         if template.contains("{message_type}") {
             return Some(template.replace("{message_type}", &message_type.to_string()));
         }
-        // The type is a path segment: before the query, if there is one.
-        let (path, query) = match template.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (template, None),
-        };
+        // The type is a path segment: before the query or fragment, if any.
+        let (path, rest) = template.split_at(template.find(['?', '#']).unwrap_or(template.len()));
         let slash = if path.ends_with('/') { "" } else { "/" };
-        Some(match query {
-            Some(query) => format!("{path}{slash}{message_type}/?{query}"),
-            None => format!("{path}{slash}{message_type}/"),
-        })
+        Some(format!("{path}{slash}{message_type}/{rest}"))
     }
 }
 
@@ -558,5 +552,7 @@ mod tests {
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1");
         let c = config(&[("forward_url", "http://b/msg/?x=1&y=2")]).unwrap();
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1&y=2");
+        let c = config(&[("forward_url", "http://b/msg#top")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/#top");
     }
 }

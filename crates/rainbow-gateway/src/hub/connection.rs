@@ -119,6 +119,8 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Outgoing>,
+    /// How many of `queue` are pushes: only those count against the bound.
+    pushes: u32,
     /// Boxed: rare, and 32 bytes inline.
     close: Option<Box<CloseOrder>>,
     /// The driver has exited; nothing will be written any more.
@@ -275,12 +277,14 @@ impl Connection {
         if outbox.close.is_some() || outbox.finished {
             return Err(PushError::Closed);
         }
-        if outbox.queue.len() >= self.capacity as usize {
+        if outbox.pushes >= self.capacity {
             outbox.close = Some(Box::new(CloseOrder::SLOW_CONSUMER));
             drop(outbox);
             self.wake();
             return Err(PushError::Full);
         }
+        debug_assert!(item.is_push());
+        outbox.pushes += 1;
         outbox.queue.push_back(item);
         drop(outbox);
         self.wake();
@@ -337,18 +341,24 @@ impl Connection {
     /// (a push waits for a free `max_in_flight` slot), the oldest answer.
     pub fn pop(&self, pushes: bool) -> Option<Outgoing> {
         let mut outbox = lock(&self.outbox);
-        if pushes {
-            return outbox.queue.pop_front();
+        if !pushes {
+            // Only while a push waits: at most `outbox_capacity` pushes to pass.
+            let at = outbox.queue.iter().position(|item| !item.is_push())?;
+            return outbox.queue.remove(at);
         }
-        // Only while a push waits: at most `outbox_capacity` pushes to pass.
-        let at = outbox.queue.iter().position(|item| !item.is_push())?;
-        outbox.queue.remove(at)
+        let item = outbox.queue.pop_front()?;
+        if item.is_push() {
+            outbox.pushes -= 1;
+        }
+        Some(item)
     }
 
     /// Puts a push back at the front: it waits for a free slot, and keeps
     /// its place before the pushes that came after it.
     pub fn hold(&self, item: Outgoing) {
-        lock(&self.outbox).queue.push_front(item);
+        let mut outbox = lock(&self.outbox);
+        outbox.pushes += 1;
+        outbox.queue.push_front(item);
     }
 
     /// Whether anything waits to be written ([`Connection::pop`]'s `pushes`).
@@ -361,6 +371,7 @@ impl Connection {
     pub fn finish(&self) -> VecDeque<Outgoing> {
         let mut outbox = lock(&self.outbox);
         outbox.finished = true;
+        outbox.pushes = 0;
         std::mem::take(&mut outbox.queue)
     }
 

@@ -459,7 +459,7 @@ mod tests {
         let a = conn();
         hub.subscribe(&a, "c").unwrap();
         for _ in 0..4 {
-            a.push(Outgoing::Ping).unwrap();
+            a.push(Outgoing::Push(Bytes::new())).unwrap();
         }
         let got = hub.publish("c", 1, Qos::AtLeastOnce, Bytes::new(), Duration::from_secs(5)).await;
         assert_eq!(got, Delivered::Answered(Aggregate { answered: 0, reply: None, complete: true }));

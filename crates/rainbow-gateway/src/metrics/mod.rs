@@ -106,7 +106,20 @@ impl DisconnectReason {
 /// Handshake outcomes counted in `rainbow_connects_total`.
 pub const CONNECT_OUTCOMES: [&str; 5] = ["accepted", "denied", "backend_error", "over_limit", "bad_request"];
 /// Forward outcomes counted in `rainbow_forwards_total` (see `HookError::label`).
-pub const FORWARD_OUTCOMES: [&str; 6] = ["ok", "timeout", "unreachable", "http_error", "no_forward_url", "bad_url"];
+pub const FORWARD_OUTCOMES: [&str; 12] = [
+    "ok",
+    "timeout",
+    "unreachable",
+    "http_error",
+    "no_forward_url",
+    "bad_url",
+    "bad_answer",
+    "worker_queue_full",
+    "worker_queue_timeout",
+    "worker_timeout",
+    "worker_error",
+    "worker_shutdown",
+];
 
 /// Kinds of cluster traffic counted in `rainbow_cluster_messages_total`:
 /// published to other nodes, received from them, and received messages that
