@@ -2,18 +2,18 @@
 //!
 //! One hyper HTTP/1.1 server (keep-alive, no framework) answering:
 //!
-//! - `GET /connect/...` (Rainbow's connect hook, spec §3): `{"status":"success"}`,
+//! - `GET /connect/...` (Rainbow's connect hook, docs/protocol.md §3): `{"status":"success"}`,
 //!   and when the client's query had `channel=C`, the header
 //!   `RAINBOWCLIENTCHANNEL: C` so the gateway subscribes the connection to C
-//!   before answering its handshake (spec §5). Fan-out subscribers connect to
+//!   before answering its handshake (docs/protocol.md §5). Fan-out subscribers connect to
 //!   `/connect/?channel=C` for exactly this.
-//! - `GET /close/...` (close hook, spec §6): `{"status":"success"}`.
+//! - `GET /close/...` (close hook, docs/protocol.md §6): `{"status":"success"}`.
 //! - `POST` with `Content-Type: application/websocket-events` (Pushpin's
 //!   WebSocket-over-HTTP): an `OPEN` event is accepted with the GRIP
 //!   extension and a `subscribe` control message for the channel named by the
 //!   last path segment, so a WebSocket client of Pushpin at `/C` listens on
 //!   channel C; other events get an empty answer.
-//! - any other `POST` (Rainbow's forward hook, spec §4, and the direct rpc
+//! - any other `POST` (Rainbow's forward hook, docs/protocol.md §4, and the direct rpc
 //!   baseline): the fixed reply body (`--reply`, default `{"ok":true}`).
 //!
 //! Signatures are not checked: this backend exists to be cheap, so that what
@@ -41,7 +41,7 @@ const MAX_BODY: usize = 1 << 20;
 /// The connect hook's accepting answer.
 pub const SUCCESS: &str = r#"{"status":"success"}"#;
 
-/// Header that subscribes a connection to channels (spec §5).
+/// Header that subscribes a connection to channels (docs/protocol.md §5).
 pub const CHANNEL_HEADER: &str = "RAINBOWCLIENTCHANNEL";
 
 /// Content type of Pushpin's WebSocket-over-HTTP requests and answers.

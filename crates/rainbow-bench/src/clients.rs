@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use rainbow_protocol::{Packet, Qos, Reply, Send};
+use rainbow_protocol::{Packet, Qos, Reply, SendPacket};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -119,7 +119,7 @@ pub async fn subscribe(ws: &mut Ws, counters: &Counters) -> End {
     }
 }
 
-/// The next message id after `id` (1..=65534, wrapping to 1; spec §2).
+/// The next message id after `id` (1..=65534, wrapping to 1; docs/protocol.md §2).
 pub fn next_id(id: u16) -> u16 {
     if id >= 65_534 { 1 } else { id + 1 }
 }
@@ -141,7 +141,7 @@ pub async fn rpc(ws: &mut Ws, plan: &RpcPlan, mut go: watch::Receiver<Option<Ins
         if !stopping && outstanding.len() < window {
             while outstanding.len() < window {
                 id = next_id(id);
-                let packet = Packet::Send(Send {
+                let packet = Packet::Send(SendPacket {
                     message_type: plan.message_type,
                     qos: Qos::AtLeastOnce,
                     id,

@@ -39,9 +39,9 @@ pub const READ_BUFFER: usize = 1024;
 /// Largest frame or message accepted from the gateway.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
-/// Header naming the client device (spec §3).
+/// Header naming the client device (docs/protocol.md §3).
 pub const DEVICE_ID: &str = "X-DEVICEID";
-/// Header naming the client OS (spec §3).
+/// Header naming the client OS (docs/protocol.md §3).
 pub const CLIENT_OS: &str = "X-CLIENT-OS";
 /// The OS every bench connection reports.
 pub const BENCH_OS: &str = "rainbow-bench";
@@ -152,7 +152,7 @@ impl fmt::Display for Failure {
 }
 
 /// Opens one connection from `source` (or a kernel-chosen address) with the
-/// device headers of spec §3.
+/// device headers of docs/protocol.md §3.
 pub async fn open(target: &Target, source: Option<IpAddr>, device_id: &str) -> Result<Ws, Failure> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),

@@ -24,7 +24,7 @@
 //!   trips, reopenings), shipped from workers to the parent;
 //! - [`latency`]: latency histograms (record, ship, merge, summarise);
 //! - [`stamp`]: the stamped payloads of the fan-out benchmark;
-//! - [`sign`]: signatures of the gateway's API calls (spec §7);
+//! - [`sign`]: signatures of the gateway's API calls (docs/protocol.md §7);
 //! - [`http`]: a lean HTTP/1.1 keep-alive client;
 //! - [`backend`]: `rainbow-bench backend`, the benchmarks' own fast backend;
 //! - [`floor`]: `rainbow-bench floor`, a server doing the least possible (one

@@ -176,7 +176,7 @@ async fn direct(args: &RpcArgs, url: &str, plan: &RpcPlan, bars: Bars) -> anyhow
     if !args.allow_remote && !target.addr().ip().is_loopback() {
         bail!("{url} is outside loopback (--allow-remote overrides)");
     }
-    // What the gateway's forward call carries (spec §4): a signed query, the
+    // What the gateway's forward call carries (docs/protocol.md §4): a signed query, the
     // identity header and the form content type.
     let sep = if target.path().contains('?') { '&' } else { '?' };
     let path = format!("{}{sep}{}", target.path(), sign::query("bench", &sign::Nonces::new()));

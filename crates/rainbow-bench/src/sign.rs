@@ -1,4 +1,4 @@
-//! Signing the gateway's backend API calls (spec §7).
+//! Signing the gateway's backend API calls (docs/protocol.md §7).
 //!
 //! `signature = hex(sha1(concat(sorted([token, str(timestamp), str(nonce)]))))`,
 //! sent as the query parameters `timestamp`, `nonce` and `signature`. The

@@ -22,7 +22,7 @@ use crate::event::ServerMessage;
 /// block. It is not called for qos-0 messages, which get no reply.
 pub type Handler = Arc<dyn Fn(&ServerMessage) -> Option<Bytes> + Send + Sync>;
 
-/// Where the device id and OS go in the handshake request (spec §3).
+/// Where the device id and OS go in the handshake request (docs/protocol.md §3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceIn {
     /// As the `X-DEVICEID` and `X-CLIENT-OS` request headers (native apps).
@@ -184,7 +184,7 @@ impl ClientConfig {
     }
 
     /// Adds a handshake request header. The gateway passes headers on to the
-    /// connect hook (spec §3).
+    /// connect hook (docs/protocol.md §3).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rainbow_protocol::{
-    DecodeError, Disposition, Inbound, InboundConfig, MAX_MESSAGE_ID, Outbound, OutboundConfig, Packet, Qos, Send,
-    Timeout, WindowFull,
+    DecodeError, Disposition, Inbound, InboundConfig, MAX_MESSAGE_ID, Outbound, OutboundConfig, Packet, Qos,
+    SendPacket, Timeout, WindowFull,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -326,7 +326,7 @@ impl Connection<'_> {
         if request.reply.is_closed() {
             return Ok(());
         }
-        let send = Send {
+        let send = SendPacket {
             message_type: request.message_type,
             qos: Qos::AtMostOnce,
             id: 0,
@@ -428,7 +428,7 @@ impl Connection<'_> {
     }
 
     /// A SEND from the gateway: dedup, make room, answer, then queue it.
-    async fn on_send(&mut self, send: Send) -> Result<(), End> {
+    async fn on_send(&mut self, send: SendPacket) -> Result<(), End> {
         match self.inbound.on_send(Instant::now(), &send) {
             Ok(Disposition::Process) => {}
             Ok(Disposition::Duplicate(Some(rec))) => return self.write(rec).await,

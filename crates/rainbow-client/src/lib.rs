@@ -1,5 +1,5 @@
 //! A tokio client for Rainbow v1, the realtime WebSocket gateway protocol
-//! (see `rainbow-v1.md`, sections 2, 3 and 12).
+//! (docs/protocol.md §2, §3 and §12).
 //!
 //! ```no_run
 //! use futures_util::StreamExt;

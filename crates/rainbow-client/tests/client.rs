@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rainbow_client::{Client, ClientConfig, ClientError, DeviceIn, Event, Qos, ReconnectPolicy, ServerMessage};
-use rainbow_protocol::{Packet, Reply, Send};
+use rainbow_protocol::{Packet, Reply, SendPacket};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -93,7 +93,7 @@ async fn recv(ws: &mut ServerWs) -> Packet {
     }
 }
 
-async fn recv_send(ws: &mut ServerWs) -> Send {
+async fn recv_send(ws: &mut ServerWs) -> SendPacket {
     match recv(ws).await {
         Packet::Send(send) => send,
         other => panic!("expected a SEND, got {other:?}"),
@@ -121,7 +121,7 @@ async fn until_gone(mut ws: ServerWs) {
 }
 
 fn server_send(message_type: u16, qos: Qos, id: u16, dup: bool, payload: &'static str) -> Packet {
-    Packet::Send(Send { message_type, qos, id, dup, payload: Bytes::from_static(payload.as_bytes()) })
+    Packet::Send(SendPacket { message_type, qos, id, dup, payload: Bytes::from_static(payload.as_bytes()) })
 }
 
 fn ack(id: u16, payload: &'static str) -> Packet {

@@ -129,8 +129,8 @@ impl ChatBackend {
 impl Chat {
     /// Checks the gateway's signature on a hook call.
     fn verify(&self, method: &Method, uri: &Uri, body: &[u8]) -> bool {
-        let pairs = crate::api::query_pairs(uri);
-        let get = |name: &str| crate::api::param(&pairs, name);
+        let pairs = crate::handshake::query_pairs(uri);
+        let get = |name: &str| crate::handshake::param(&pairs, name);
         let id = RequestId { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), body };
         self.verifier.verify(&self.token, (get("timestamp"), get("nonce"), get("signature")), id, unix_now()).is_ok()
     }

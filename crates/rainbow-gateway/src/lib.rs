@@ -1,23 +1,31 @@
 //! The Rainbow gateway: holds client WebSocket connections, forwards their
-//! messages to an HTTP backend, and delivers the backend's pushes, speaking
-//! the v1 wire contract of the original Rainbow server.
+//! messages to the customer's backend, and delivers the backend's pushes,
+//! speaking the wire contract of docs/protocol.md.
 //!
-//! Layout, from the outside in:
-//! - [`config`]: keys, defaults, INI/TOML/env/CLI layering, validation.
-//! - [`server`]: binding, serving, graceful shutdown.
-//! - [`api`]: the HTTP endpoints (backend API and operator pages).
-//! - [`transport`]: the `/connect/` WebSocket endpoint and the per-connection
-//!   driver.
+//! Layout, from the bottom up (each module uses only those above it in this
+//! list; `tests/` checks that no two import each other):
+//! - [`config`], [`signature`], [`metrics`]: keys and their values, request
+//!   signatures, counters.
 //! - [`hub`]: connections, channels and delivery to them.
+//! - [`worker`]: the dispatcher of tasks to attached workers.
+//! - [`backend`]: the connect, forward and close hooks, answered by webhooks
+//!   or workers.
+//! - [`ops`]: the backend's requests (send, push, sub, unsub, close), typed
+//!   and checked once.
 //! - [`cluster`]: several nodes as one over Redis.
-//! - [`backend`]: the connect, forward and close hooks.
-//! - [`worker`]: workers that attach over a WebSocket and pull tasks (routed
-//!   instead of the hooks by the `[workers]` keys).
-//! - [`signature`], [`metrics`], [`state`]: shared pieces.
+//! - [`state`]: the [`Gateway`] that puts those together.
+//! - [`handshake`], [`status`]: WebSocket upgrades, query parameters and the
+//!   signature check; this node's figures.
+//! - [`transport`]: client connections at `/connect/` (what clients send
+//!   flows transport → hub → backend).
+//! - [`api`]: what the backend talks to: the signed HTTP API, the worker
+//!   socket, the operator pages (what it pushes flows api → hub →
+//!   transport).
+//! - [`server`]: the router, binding, serving, graceful shutdown.
 //! - [`demo`]: `rainbow demo`, the chat room on an in-process backend.
 //!
-//! The packet codec and QoS state machines are in `rainbow-protocol`, which
-//! does no IO.
+//! The packet codec, the QoS state machines and the worker frames are in
+//! `rainbow-protocol`, which does no IO.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -25,11 +33,14 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod handshake;
 pub mod hub;
 pub mod metrics;
+pub mod ops;
 pub mod server;
 pub mod signature;
 pub mod state;
+pub mod status;
 pub mod transport;
 pub mod worker;
 

@@ -11,17 +11,44 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api;
+use crate::api::{self, execute::Here};
 use crate::config::Config;
 use crate::hub::coarse_now;
 use crate::state::{Gateway, Reloader};
+use crate::transport;
 
-/// Ports tried after the default one is taken (spec §9).
+/// The whole router: client transport, backend API, worker socket, operator
+/// endpoints.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let mut router = Router::new();
+    // Each path with and without its trailing slash.
+    for (path, route) in [
+        ("/connect/", get(transport::connect)),
+        ("/worker/", get(api::worker::endpoint)),
+        ("/send/", post(api::push::send)),
+        ("/sub/", post(api::push::sub)),
+        ("/unsub/", post(api::push::unsub)),
+        ("/hello/", get(api::info::hello)),
+        ("/serverinfo/", get(api::info::server_info)),
+        ("/updateconfig/", get(api::info::update_config).post(api::info::update_config)),
+    ] {
+        router = router.route(path, route.clone()).route(path.trim_end_matches('/'), route);
+    }
+    router
+        .route("/metrics", get(api::info::metrics))
+        .route("/healthz", get(api::info::healthz))
+        .route("/rainbow.js", get(crate::demo::rainbow_js))
+        .with_state(gw)
+}
+
+/// Ports tried after the default one is taken (docs/protocol.md §9).
 const FALLBACK_PORTS: std::ops::RangeInclusive<u16> = 1985..=2003;
 
 /// The server could not start.
@@ -66,11 +93,11 @@ impl Server {
             }
             Err(source) => return Err(ServerError::Bind { addr, source }),
         };
-        let mut config = config;
+        let mut gw = Gateway::new(config, reloader);
         if let Ok(local) = listener.local_addr() {
-            config.http_port = local.port();
+            gw = gw.listening_on(local.port());
         }
-        Ok(Server { gw: Arc::new(Gateway::new(config, reloader)), listener, extra: None })
+        Ok(Server { gw: Arc::new(gw), listener, extra: None })
     }
 
     /// The bound address.
@@ -96,8 +123,8 @@ impl Server {
         let Server { gw, listener, extra } = self;
         info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
         let sweeper = tokio::spawn(sweep(gw.clone()));
-        let cluster = tokio::spawn(crate::cluster::run(gw.clone()));
-        let mut app = api::router(gw.clone());
+        let cluster = gw.cluster.node().cloned().map(|node| tokio::spawn(node.run(Arc::new(Here(gw.clone())))));
+        let mut app = router(gw.clone());
         if let Some(extra) = extra {
             app = app.merge(extra);
         }
@@ -117,7 +144,9 @@ impl Server {
             })
             .await;
         sweeper.abort();
-        cluster.abort();
+        if let Some(cluster) = cluster {
+            cluster.abort();
+        }
         if let Some(node) = gw.cluster.node() {
             node.leave().await;
         }
@@ -126,7 +155,7 @@ impl Server {
         if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
             warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
         }
-        gw.workers.shutdown();
+        gw.backend.workers().shutdown();
         info!("stopped");
         served.map_err(ServerError::Serve)
     }

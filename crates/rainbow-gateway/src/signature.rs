@@ -1,4 +1,4 @@
-//! Request signatures (spec §7): signing our hook calls and checking the
+//! Request signatures (docs/protocol.md §7): signing our hook calls and checking the
 //! backend's API calls.
 //!
 //! `signature = hex(sha1(concat(sorted([token, str(timestamp), str(nonce)]))))`.

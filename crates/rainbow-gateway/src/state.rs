@@ -1,10 +1,12 @@
 //! The gateway's shared state: one [`Gateway`] per process, handed to every
 //! HTTP handler and connection task.
 //!
-//! It holds the live configuration (swappable by `/updateconfig/`), the hub,
-//! the backend client, metrics, the signature verifier, the global forward
-//! slots and the tracker of spawned tasks. Behaviour lives in the modules
-//! that use it.
+//! It puts the parts together: the live configuration (swappable by
+//! `/updateconfig/`), the hub, the cluster, the backend (webhooks and
+//! workers), metrics, the signature verifier, the global forward slots and
+//! the tracker of spawned tasks. Behaviour lives in the modules that use it;
+//! the parts below it (`hub`, `backend`, `worker`, `cluster`, `config`) never
+//! see the whole of it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -27,18 +29,19 @@ pub type Reloader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 pub struct Gateway {
     config: RwLock<Arc<Config>>,
     reloader: Option<Reloader>,
+    /// The port the configuration asked for at start (the live
+    /// configuration has the port actually bound).
+    configured_port: u16,
     /// Connections and channels.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// The cluster (empty when this node runs alone).
     pub cluster: Cluster,
-    /// Hook client.
+    /// The hooks: webhooks and attached workers.
     pub backend: Backend,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// API signature checks.
     pub verifier: Verifier,
-    /// Attached workers and the task queue.
-    pub workers: crate::worker::Pool,
     /// Gateway-wide forward slots (`max_inflight_forwards`).
     pub forward_slots: Semaphore,
     /// Connections admitted (handshaking or open), for `max_connections`.
@@ -59,29 +62,40 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// State for `config`; `reloader` serves `/updateconfig/`.
     pub fn new(config: Config, reloader: Option<Reloader>) -> Gateway {
-        let hub = Hub::new(config.max_channels_per_connection);
-        let cluster = Cluster::from_config(&config, hub.node_tag()).unwrap_or_else(|e| {
-            // The URL was validated with the config; if redis-rs still refuses
-            // it, run alone and say so loudly rather than not start.
+        let hub = Arc::new(Hub::new(config.max_channels_per_connection));
+        let metrics = Arc::new(Metrics::new());
+        let tasks = TaskTracker::new();
+        let cluster = Cluster::from_config(&config, hub.clone(), metrics.clone(), tasks.clone()).unwrap_or_else(|e| {
+            // The URL was validated with the config; if redis-rs still
+            // refuses it, run alone and say so loudly rather than not start.
             tracing::error!(side = "config", "cannot set up the cluster ({e}); this node runs alone");
             Cluster::alone()
         });
-        let metrics = Metrics::new();
         Gateway {
-            hub,
+            configured_port: config.http_port,
             cluster,
-            backend: Backend::new(config.max_inflight_forwards),
-            workers: crate::worker::Pool::new(metrics.workers.clone()),
+            backend: Backend::new(config.max_inflight_forwards, metrics.clone(), hub.node_tag()),
+            hub,
             metrics,
             verifier: Verifier::new(config.signature_window, config.replay_cache_size),
             forward_slots: Semaphore::new(config.max_inflight_forwards),
             admitted: AtomicUsize::new(0),
-            tasks: TaskTracker::new(),
+            tasks,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             config: RwLock::new(Arc::new(config)),
             reloader,
         }
+    }
+
+    /// Records the port the listener is bound to (another one than the
+    /// configured port when that was taken, or when it was 0): the live
+    /// configuration reports it from now on, reloads included.
+    pub fn listening_on(self, port: u16) -> Gateway {
+        let mut config = (*self.config()).clone();
+        config.http_port = port;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self
     }
 
     /// The live configuration.
@@ -90,33 +104,38 @@ impl Gateway {
     }
 
     /// Re-reads the configuration and swaps it in. Keys read only at start
-    /// (port, bind, limits sized at start) are reported back as needing a
-    /// restart.
+    /// (the listen address, limits sized at start, the cluster's keys) are
+    /// reported back as needing a restart, and their old values stay in
+    /// force.
     pub fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
         let reloader = self.reloader.as_ref().ok_or(ReloadError::NoSource)?;
-        let new = reloader().map_err(ReloadError::Config)?;
+        let mut new = reloader().map_err(ReloadError::Config)?;
         let old = self.config();
-        let mut restart = Vec::new();
-        if new.http_port != old.http_port && new.port_explicit {
-            restart.push("http_port");
-        }
-        if new.bind != old.bind {
-            restart.push("bind");
-        }
-        if new.max_inflight_forwards != old.max_inflight_forwards {
-            restart.push("max_inflight_forwards");
-        }
-        if new.max_channels_per_connection != old.max_channels_per_connection {
-            restart.push("max_channels_per_connection");
-        }
-        if new.redis_url != old.redis_url || new.cluster_name != old.cluster_name {
-            restart.push("redis_url/cluster_name");
-        }
-        if new.signature_window != old.signature_window || new.replay_cache_size != old.replay_cache_size {
-            restart.push("signature_window/replay_cache_size");
-        }
+        let changed = [
+            ("http_port", new.http_port != self.configured_port),
+            ("bind", new.bind != old.bind),
+            ("max_inflight_forwards", new.max_inflight_forwards != old.max_inflight_forwards),
+            ("max_channels_per_connection", new.max_channels_per_connection != old.max_channels_per_connection),
+            ("redis_url", new.redis_url != old.redis_url),
+            ("cluster_name", new.cluster_name != old.cluster_name),
+            ("node_ttl", new.node_ttl != old.node_ttl),
+            ("cluster_timeout", new.cluster_timeout != old.cluster_timeout),
+            ("signature_window", new.signature_window != old.signature_window),
+            ("replay_cache_size", new.replay_cache_size != old.replay_cache_size),
+        ];
+        // What is in force stays visible in the live configuration.
+        new.http_port = old.http_port;
+        new.bind = old.bind;
+        new.max_inflight_forwards = old.max_inflight_forwards;
+        new.max_channels_per_connection = old.max_channels_per_connection;
+        new.redis_url = old.redis_url.clone();
+        new.cluster_name = old.cluster_name.clone();
+        new.node_ttl = old.node_ttl;
+        new.cluster_timeout = old.cluster_timeout;
+        new.signature_window = old.signature_window;
+        new.replay_cache_size = old.replay_cache_size;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-        Ok(restart)
+        Ok(changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect())
     }
 
     /// Starts shutting down: new connections are refused and every open one

@@ -3,7 +3,7 @@
 //! qos 0 and 1 need no memory here: a qos-1 SEND is processed every time it
 //! arrives (at least once) and answered with an ACK. qos 2 is where state
 //! lives: [`Inbound`] remembers each qos-2 id from its SEND until the REL, and
-//! a SEND with a remembered id is not processed again (exactly once, spec §2).
+//! a SEND with a remembered id is not processed again (exactly once, docs/protocol.md §2).
 //! Once the reply is known it is remembered too, so a duplicate that arrives
 //! after our REC (the REC was lost) gets the same REC again instead of silence.
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::packet::{Packet, Qos, Reply, Send};
+use crate::packet::{Packet, Qos, Reply, SendPacket};
 
 /// Tuning for an [`Inbound`].
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +79,7 @@ impl Inbound {
     /// Classifies an incoming SEND. Any qos-2 SEND whose id is in the window
     /// is a duplicate, whatever its dup bit says: a client that retransmits
     /// without setting dup must not get its message processed twice.
-    pub fn on_send(&mut self, now: Instant, send: &Send) -> Result<Disposition, WindowFull> {
+    pub fn on_send(&mut self, now: Instant, send: &SendPacket) -> Result<Disposition, WindowFull> {
         if send.qos != Qos::ExactlyOnce {
             return Ok(Disposition::Process);
         }
@@ -114,7 +114,7 @@ impl Inbound {
     }
 
     /// Processing failed: forget a qos-2 id so the sender's retransmission is
-    /// processed (spec §4).
+    /// processed (docs/protocol.md §4).
     pub fn failed(&mut self, send_id: u16, qos: Qos) {
         if qos == Qos::ExactlyOnce {
             self.unreleased.remove(&send_id);
@@ -133,8 +133,8 @@ impl Inbound {
 mod tests {
     use super::*;
 
-    fn send(qos: Qos, id: u16, dup: bool) -> Send {
-        Send { message_type: 1, qos, id, dup, payload: Bytes::new() }
+    fn send(qos: Qos, id: u16, dup: bool) -> SendPacket {
+        SendPacket { message_type: 1, qos, id, dup, payload: Bytes::new() }
     }
 
     #[test]

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::packet::{Packet, Qos, Send};
+use crate::packet::{Packet, Qos, SendPacket};
 
-/// The highest message id; ids wrap from here back to 1 (spec §2).
+/// The highest message id; ids wrap from here back to 1 (docs/protocol.md §2).
 pub const MAX_MESSAGE_ID: u16 = 65534;
 
 /// Tuning for an [`Outbound`].
@@ -71,7 +71,7 @@ pub struct Answered<T> {
 #[derive(Debug)]
 enum Stage<T> {
     /// SEND written, waiting for ACK (qos 1) or REC (qos 2).
-    AwaitingReply { send: Send, tag: T, deadline: Instant },
+    AwaitingReply { send: SendPacket, tag: T, deadline: Instant },
     /// REC received and REL written, waiting for COM.
     AwaitingCom { until: Instant },
 }
@@ -137,13 +137,13 @@ impl<T> Outbound<T> {
         tag: T,
     ) -> Result<Packet, (InFlightFull, T)> {
         if qos == Qos::AtMostOnce {
-            return Ok(Packet::Send(Send { message_type, qos, id: 0, dup: false, payload }));
+            return Ok(Packet::Send(SendPacket { message_type, qos, id: 0, dup: false, payload }));
         }
         if !self.has_capacity() {
             return Err((InFlightFull(self.in_flight.len()), tag));
         }
         let id = self.allocate_id();
-        let send = Send { message_type, qos, id, dup: false, payload };
+        let send = SendPacket { message_type, qos, id, dup: false, payload };
         let packet = Packet::Send(send.clone());
         let next_retransmit = now + self.config.retransmit_interval;
         self.in_flight.insert(id, Entry { stage: Stage::AwaitingReply { send, tag, deadline }, next_retransmit });
@@ -232,7 +232,7 @@ impl<T> Outbound<T> {
             } else if entry.next_retransmit <= now {
                 entry.next_retransmit = now + interval;
                 emit(Timeout::Retransmit(match &entry.stage {
-                    Stage::AwaitingReply { send, .. } => Packet::Send(Send { dup: true, ..send.clone() }),
+                    Stage::AwaitingReply { send, .. } => Packet::Send(SendPacket { dup: true, ..send.clone() }),
                     Stage::AwaitingCom { .. } => Packet::Rel(id),
                 }));
             }

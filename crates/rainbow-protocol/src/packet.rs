@@ -1,4 +1,4 @@
-//! The v1 packet codec: one packet per WebSocket message (spec §2).
+//! The v1 packet codec: one packet per WebSocket message (docs/protocol.md §2).
 //!
 //! This module turns bytes into [`Packet`]s and back. It knows nothing about
 //! connections, ids in flight or time; the QoS rules live in
@@ -80,7 +80,7 @@ impl Command {
 
 /// A SEND: a typed message with its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Send {
+pub struct SendPacket {
     /// The application's message type (the "URL" of the message).
     pub message_type: u16,
     /// Delivery guarantee.
@@ -106,7 +106,7 @@ pub struct Reply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
     /// A message.
-    Send(Send),
+    Send(SendPacket),
     /// Answer to a qos-1 SEND.
     Ack(Reply),
     /// Answer to a qos-2 SEND.
@@ -204,7 +204,7 @@ impl Packet {
                 let message_type = u16_at(&bytes, 1);
                 let id = if qos == Qos::AtMostOnce { 0 } else { nonzero(u16_at(&bytes, 3))? };
                 let payload = bytes.split_off(fixed);
-                Ok(Packet::Send(Send { message_type, qos, id, dup, payload }))
+                Ok(Packet::Send(SendPacket { message_type, qos, id, dup, payload }))
             }
             Command::Ack | Command::Rec => {
                 need(3)?;
@@ -274,7 +274,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn send(qos: Qos, id: u16, dup: bool, payload: &'static [u8]) -> Packet {
-        Packet::Send(Send { message_type: 0x0102, qos, id, dup, payload: Bytes::from_static(payload) })
+        Packet::Send(SendPacket { message_type: 0x0102, qos, id, dup, payload: Bytes::from_static(payload) })
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
     }
 
     fn send_type(message_type: u16, payload: &'static [u8]) -> Packet {
-        Packet::Send(Send {
+        Packet::Send(SendPacket {
             message_type,
             qos: Qos::AtMostOnce,
             id: 0,
@@ -329,7 +329,7 @@ mod tests {
         prop_oneof![
             (any::<u16>(), qos, id.clone(), any::<bool>(), payload.clone()).prop_map(|(t, qos, id, dup, payload)| {
                 let id = if qos == Qos::AtMostOnce { 0 } else { id };
-                Packet::Send(Send { message_type: t, qos, id, dup, payload })
+                Packet::Send(SendPacket { message_type: t, qos, id, dup, payload })
             }),
             (id.clone(), payload.clone()).prop_map(|(id, payload)| Packet::Ack(Reply { id, payload })),
             (id.clone(), payload).prop_map(|(id, payload)| Packet::Rec(Reply { id, payload })),

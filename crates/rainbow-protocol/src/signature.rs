@@ -1,4 +1,4 @@
-//! The signature of hook and API calls (spec §7), shared by the gateway, the
+//! The signature of hook and API calls (docs/protocol.md §7), shared by the gateway, the
 //! worker library and the benchmark so there is one definition of it.
 //!
 //! `signature = hex(sha1(concat(sorted([token, str(timestamp), str(nonce)]))))`

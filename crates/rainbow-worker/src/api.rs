@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::CallOp;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::WorkerError;
-use crate::frame::object;
 
 /// Calls waiting for a session, at most.
 pub(crate) const CALL_QUEUE: usize = 1024;
@@ -21,7 +21,9 @@ pub(crate) const CALL_QUEUE: usize = 1024;
 /// One call on its way to the session task.
 #[derive(Debug)]
 pub(crate) struct CallRequest {
-    pub(crate) header: Map<String, Value>,
+    pub(crate) op: CallOp,
+    /// The call's fields; the session adds `req`.
+    pub(crate) fields: Map<String, Value>,
     pub(crate) body: Bytes,
     pub(crate) answer: oneshot::Sender<Result<Value, WorkerError>>,
 }
@@ -55,10 +57,10 @@ impl Message {
         self
     }
 
-    fn fields(&self, header: &mut Map<String, Value>) {
-        header.insert("type".into(), self.message_type.into());
-        header.insert("qos".into(), self.qos.into());
-        header.insert("timeout".into(), self.timeout.as_secs_f64().into());
+    fn fields(&self, fields: &mut Map<String, Value>) {
+        fields.insert("type".into(), self.message_type.into());
+        fields.insert("qos".into(), self.qos.into());
+        fields.insert("timeout".into(), self.timeout.as_secs_f64().into());
     }
 }
 
@@ -70,10 +72,16 @@ pub struct Api {
 }
 
 impl Api {
-    async fn call(&self, header: Map<String, Value>, body: Bytes, timeout: Duration) -> Result<Value, WorkerError> {
+    async fn call(
+        &self,
+        op: CallOp,
+        fields: Map<String, Value>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Value, WorkerError> {
         let (answer, rx) = oneshot::channel();
         let exchange = async {
-            self.tx.send(CallRequest { header, body, answer }).await.map_err(|_| WorkerError::Stopped)?;
+            self.tx.send(CallRequest { op, fields, body, answer }).await.map_err(|_| WorkerError::Stopped)?;
             rx.await.unwrap_or(Err(WorkerError::Disconnected))
         };
         tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(WorkerError::Timeout(timeout)))
@@ -86,38 +94,44 @@ impl Api {
     /// Delivers `message` to every connection subscribed to `channel` (like
     /// `POST /send/`): `{"status": 0, "connections": N, "data": "..."}`.
     pub async fn send(&self, channel: &str, message: Message) -> Result<Value, WorkerError> {
-        let mut header = object(json!({"op": "send", "channel": channel}));
-        message.fields(&mut header);
+        let mut fields = strings([("channel", channel)]);
+        message.fields(&mut fields);
         let timeout = self.delivery_timeout(&message);
-        self.call(header, message.payload, timeout).await
+        self.call(CallOp::Send, fields, message.payload, timeout).await
     }
 
     /// Delivers `message` to the one connection `identity`; `connections` is
     /// 0 when it is not connected (any more).
     pub async fn push(&self, identity: &str, message: Message) -> Result<Value, WorkerError> {
-        let mut header = object(json!({"op": "push", "identity": identity}));
-        message.fields(&mut header);
+        let mut fields = strings([("identity", identity)]);
+        message.fields(&mut fields);
         let timeout = self.delivery_timeout(&message);
-        self.call(header, message.payload, timeout).await
+        self.call(CallOp::Push, fields, message.payload, timeout).await
     }
 
     /// Subscribes connection `identity` to `channel`; with `occupy`, every
     /// other subscriber is removed first (like `POST /sub/`).
     pub async fn sub(&self, identity: &str, channel: &str, occupy: bool) -> Result<Value, WorkerError> {
-        let header = object(json!({"op": "sub", "identity": identity, "channel": channel, "occupy": occupy}));
-        self.call(header, Bytes::new(), self.timeout).await
+        let mut fields = strings([("identity", identity), ("channel", channel)]);
+        fields.insert("occupy".into(), occupy.into());
+        self.call(CallOp::Sub, fields, Bytes::new(), self.timeout).await
     }
 
     /// Unsubscribes connection `identity` from `channel`.
     pub async fn unsub(&self, identity: &str, channel: &str) -> Result<Value, WorkerError> {
-        let header = object(json!({"op": "unsub", "identity": identity, "channel": channel}));
-        self.call(header, Bytes::new(), self.timeout).await
+        let fields = strings([("identity", identity), ("channel", channel)]);
+        self.call(CallOp::Unsub, fields, Bytes::new(), self.timeout).await
     }
 
     /// Closes connection `identity` (WebSocket code 1000 with `reason`); its
     /// close task follows.
     pub async fn close(&self, identity: &str, reason: &str) -> Result<Value, WorkerError> {
-        let header = object(json!({"op": "close", "identity": identity, "reason": reason}));
-        self.call(header, Bytes::new(), self.timeout).await
+        let fields = strings([("identity", identity), ("reason", reason)]);
+        self.call(CallOp::Close, fields, Bytes::new(), self.timeout).await
     }
+}
+
+/// A call's string fields.
+fn strings<const N: usize>(pairs: [(&str, &str); N]) -> Map<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect()
 }

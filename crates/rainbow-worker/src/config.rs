@@ -32,7 +32,7 @@ pub struct WorkerConfig {
 }
 
 /// Largest window the protocol allows.
-pub const MAX_CREDITS: u32 = 10_000;
+pub const MAX_CREDITS: u32 = rainbow_protocol::worker::MAX_CREDITS;
 
 impl WorkerConfig {
     /// A worker of the gateway at `url` (`ws://HOST:PORT/worker/`; a URL

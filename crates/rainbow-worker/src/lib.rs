@@ -38,7 +38,6 @@ pub mod api;
 pub mod config;
 pub mod dedup;
 pub mod error;
-mod frame;
 pub mod task;
 pub mod worker;
 

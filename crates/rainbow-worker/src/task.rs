@@ -1,21 +1,13 @@
 //! What a worker receives ([`Task`]) and answers ([`Reply`]), as in
-//! docs/worker-protocol.md §4.
+//! docs/worker-protocol.md §4: the application's view of the protocol's
+//! typed `task` and `reply` frames ([`rainbow_protocol::worker`]).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::{self as frame, ReplyFields, TaskEvent};
 
-/// What happened on a client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskKind {
-    /// A client wants to connect: accept or deny it.
-    Connect,
-    /// A client sent a message: answer it.
-    Message,
-    /// A client connection ended.
-    Close,
-}
+pub use rainbow_protocol::worker::TaskKind;
 
 /// One task from the gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,47 +39,40 @@ pub struct Task {
     pub payload: Bytes,
 }
 
-fn strings(header: &Map<String, Value>, field: &str) -> BTreeMap<String, String> {
-    header
-        .get(field)
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_owned()))).collect())
-        .unwrap_or_default()
-}
-
 impl Task {
-    /// Reads a `task` frame.
-    pub(crate) fn parse(header: &Map<String, Value>, body: Bytes) -> Result<Task, String> {
-        let id = header.get("task").and_then(Value::as_u64).ok_or("task without a task id")?;
-        let kind = match header.get("kind").and_then(Value::as_str) {
-            Some("connect") => TaskKind::Connect,
-            Some("message") => TaskKind::Message,
-            Some("close") => TaskKind::Close,
-            other => return Err(format!("task of unknown kind {other:?}")),
-        };
-        let text = |f: &str| header.get(f).and_then(Value::as_str).map(str::to_owned);
-        let mut params = BTreeMap::new();
-        if let Some(p) = header.get("params").and_then(Value::as_object) {
-            for (k, v) in p {
-                if let Some(v) = v.as_str() {
-                    params.insert(k.clone(), v.to_owned());
-                }
-            }
-        }
-        Ok(Task {
+    /// The application's view of a `task` frame.
+    pub(crate) fn from_frame(frame: frame::Task) -> Task {
+        let frame::Task { task: id, key, attempt, identity, event, body } = frame;
+        let mut t = Task {
             id,
-            kind,
-            identity: text("identity").unwrap_or_default(),
-            key: text("key").unwrap_or_else(|| id.to_string()),
-            attempt: header.get("attempt").and_then(Value::as_u64).and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
-            message_type: header.get("type").and_then(Value::as_u64).and_then(|t| u16::try_from(t).ok()).unwrap_or(0),
-            qos: header.get("qos").and_then(Value::as_u64).and_then(|q| u8::try_from(q).ok()).unwrap_or(0),
-            context: text("context"),
-            headers: strings(header, "headers"),
-            params,
-            remote: text("remote"),
+            kind: event.kind(),
+            identity,
+            key,
+            attempt,
+            message_type: 0,
+            qos: 0,
+            context: None,
+            headers: BTreeMap::new(),
+            params: BTreeMap::new(),
+            remote: None,
             payload: body,
-        })
+        };
+        match event {
+            TaskEvent::Connect { headers, params, remote } => {
+                // Names are lower-case on the wire already; this keeps
+                // `header` case-insensitive whatever a gateway sends.
+                t.headers = headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+                t.params = params;
+                t.remote = Some(remote);
+            }
+            TaskEvent::Message { message_type, qos, context } => {
+                t.message_type = message_type;
+                t.qos = qos.as_u8();
+                t.context = context;
+            }
+            TaskEvent::Close { context } => t.context = context,
+        }
+        t
     }
 
     /// Whether this is a redelivery (a worker holding it died).
@@ -175,58 +160,74 @@ impl Reply {
         self
     }
 
-    /// The `reply` header for task `task`.
-    pub(crate) fn header(&self, task: u64) -> Map<String, Value> {
-        let mut h = crate::frame::object(json!({"op": "reply", "task": task}));
-        if let Some(accept) = self.accept {
-            h.insert("accept".into(), accept.into());
-        }
-        if let Some(context) = &self.context {
-            h.insert("context".into(), context.clone().into());
-        }
-        if !self.sub.is_empty() {
-            h.insert("sub".into(), self.sub.clone().into());
-        }
-        if !self.unsub.is_empty() {
-            h.insert("unsub".into(), self.unsub.clone().into());
-        }
-        if let Some(error) = &self.error {
-            h.insert("error".into(), error.clone().into());
-        }
-        h
+    /// The `reply` frame's fields.
+    pub(crate) fn into_fields(self) -> ReplyFields {
+        let Reply { payload, accept, context, sub, unsub, error } = self;
+        ReplyFields { accept, context, sub, unsub, error, body: payload }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rainbow_protocol::Qos;
+    use rainbow_protocol::worker::{FromWorker, ToWorker};
+    use serde_json::{Value, json};
+
+    fn task(event: TaskEvent, body: &'static [u8]) -> Task {
+        let frame = frame::Task {
+            task: 9,
+            key: "n-9".into(),
+            attempt: 2,
+            identity: "ab".into(),
+            event,
+            body: Bytes::from_static(body),
+        };
+        // Through the wire and back, as the worker gets it.
+        let Ok(ToWorker::Task(frame)) = ToWorker::decode(ToWorker::Task(frame).encode()) else { panic!() };
+        Task::from_frame(frame)
+    }
 
     #[test]
-    fn parses_tasks_of_every_kind() {
-        let h = crate::frame::object(json!({
-            "op": "task", "task": 9, "kind": "connect", "identity": "ab", "key": "n-9", "attempt": 2,
-            "headers": {"X-DEVICEID": "d1"}, "params": {"room": "a"}, "remote": "1.2.3.4:5"
-        }));
-        let t = Task::parse(&h, Bytes::new()).unwrap();
-        assert_eq!((t.id, t.kind, t.attempt, t.is_redelivery()), (9, TaskKind::Connect, 2, true));
+    fn reads_tasks_of_every_kind() {
+        let t = task(
+            TaskEvent::Connect {
+                headers: [("X-DEVICEID".to_owned(), "d1".to_owned())].into(),
+                params: [("room".to_owned(), "a".to_owned())].into(),
+                remote: "1.2.3.4:5".into(),
+            },
+            b"",
+        );
+        assert_eq!(
+            (t.id, t.kind, t.attempt, t.is_redelivery(), t.key.as_str()),
+            (9, TaskKind::Connect, 2, true, "n-9")
+        );
         assert_eq!(
             (t.header("x-deviceid"), t.param("room"), t.remote.as_deref()),
             (Some("d1"), Some("a"), Some("1.2.3.4:5"))
         );
-        let h = crate::frame::object(json!({"task": 1, "kind": "message", "type": 7, "qos": 2, "context": null}));
-        let t = Task::parse(&h, Bytes::from_static(b"p")).unwrap();
-        assert_eq!((t.message_type, t.qos, t.context, &t.payload[..]), (7, 2, None, &b"p"[..]));
-        assert!(Task::parse(&crate::frame::object(json!({"task": 1, "kind": "dance"})), Bytes::new()).is_err());
+        let t = task(TaskEvent::Message { message_type: 7, qos: Qos::ExactlyOnce, context: None }, b"p");
+        assert_eq!(
+            (t.kind, t.message_type, t.qos, t.context, &t.payload[..]),
+            (TaskKind::Message, 7, 2, None, &b"p"[..])
+        );
+        let t = task(TaskEvent::Close { context: Some("c".into()) }, b"");
+        assert_eq!((t.kind, t.context.as_deref(), t.remote), (TaskKind::Close, Some("c"), None));
+    }
+
+    fn header(reply: Reply, task: u64) -> Value {
+        Value::Object(FromWorker::Reply { task, reply: reply.into_fields() }.header())
     }
 
     #[test]
     fn reply_headers_carry_only_what_is_set() {
-        assert_eq!(Value::Object(Reply::new("x").header(3)), json!({"op": "reply", "task": 3}));
+        assert_eq!(header(Reply::new("x"), 3), json!({"op": "reply", "task": 3}));
         let r = Reply::accept().context("c").subscribe("a").unsubscribe("b");
         assert_eq!(
-            Value::Object(r.header(1)),
+            header(r, 1),
             json!({"op": "reply", "task": 1, "accept": true, "context": "c", "sub": ["a"], "unsub": ["b"]})
         );
-        assert_eq!(Value::Object(Reply::error("no").header(2)), json!({"op": "reply", "task": 2, "error": "no"}));
+        assert_eq!(header(Reply::error("no"), 2), json!({"op": "reply", "task": 2, "error": "no"}));
+        assert_eq!(&Reply::new("x").into_fields().body[..], b"x");
     }
 }

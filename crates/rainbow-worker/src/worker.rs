@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::{FromWorker, ToWorker};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,7 +32,6 @@ use crate::api::{Api, CALL_QUEUE, CallRequest};
 use crate::config::WorkerConfig;
 use crate::dedup::DedupStore;
 use crate::error::WorkerError;
-use crate::frame::{self, object};
 use crate::task::{Reply, Task, TaskKind};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -39,7 +39,7 @@ type BoxReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
 type Handler = Arc<dyn Fn(Task, Api) -> BoxReply + Send + Sync>;
 
 /// The protocol version this library speaks.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = rainbow_protocol::worker::VERSION;
 
 /// How long the gateway has to send `welcome`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -415,8 +415,8 @@ impl Runner {
             Err(end) => return end,
         };
         let credits = *self.credits.borrow_and_update();
-        let hello = object(json!({"op": "hello", "version": VERSION, "credits": credits}));
-        if let Err(e) = sink.send(Message::Binary(frame::encode(&hello, b""))).await {
+        let hello = FromWorker::Hello { credits };
+        if let Err(e) = sink.send(Message::Binary(hello.encode())).await {
             return SessionEnd::Lost(format!("cannot send hello: {e}"));
         }
         info!(worker = worker_id, credits, "attached to the gateway");
@@ -431,7 +431,7 @@ impl Runner {
             if drain_wanted && !s.drain_sent {
                 s.drain_sent = true;
                 info!("draining: no new tasks; finishing the ones held");
-                if let Err(end) = s.write(object(json!({"op": "drain"})), Bytes::new()).await {
+                if let Err(end) = s.write(&FromWorker::Drain).await {
                     return end;
                 }
             }
@@ -446,13 +446,12 @@ impl Runner {
                 changed = self.credits.changed() => match changed {
                     Ok(()) => {
                         let credits = *self.credits.borrow_and_update();
-                        s.write(object(json!({"op": "credit", "credits": credits})), Bytes::new()).await
+                        s.write(&FromWorker::Credit { credits }).await
                     }
                     Err(_) => Ok(()),
                 },
                 Some((task, reply)) = done_rx.recv() => {
-                    let header = reply.header(task);
-                    s.write(header, reply.payload).await
+                    s.write(&FromWorker::Reply { task, reply: reply.into_fields() }).await
                 }
                 Some(call) = self.calls.recv(), if s.pending.len() < CALL_QUEUE => s.call(call).await,
                 message = source.next() => self.on_message(&mut s, message, &done_tx).await,
@@ -495,10 +494,10 @@ impl Runner {
             }
             Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
-        let (header, body) = frame::split(bytes).map_err(|e| SessionEnd::Lost(format!("protocol error: {e}")))?;
-        match header.get("op").and_then(Value::as_str) {
-            Some("task") => {
-                let task = Task::parse(&header, body).map_err(|e| SessionEnd::Lost(format!("protocol error: {e}")))?;
+        let frame = ToWorker::decode(bytes).map_err(|e| SessionEnd::Lost(format!("protocol error: {e}")))?;
+        match frame {
+            ToWorker::Task(task) => {
+                let task = Task::from_frame(task);
                 let (shared, done) = (self.shared.clone(), done.clone());
                 tokio::spawn(async move {
                     let id = task.id;
@@ -509,22 +508,18 @@ impl Runner {
                 });
                 Ok(())
             }
-            Some("result") => {
-                let req = header.get("req").and_then(Value::as_u64);
-                if let Some(answer) = req.and_then(|r| s.pending.remove(&r)) {
-                    let mut fields = header;
-                    fields.remove("op");
-                    fields.remove("req");
-                    let _ = answer.send(Ok(Value::Object(fields)));
+            ToWorker::Result { req, answer } => {
+                if let Some(pending) = s.pending.remove(&req) {
+                    let _ = pending.send(Ok(Value::Object(answer)));
                 }
                 Ok(())
             }
-            Some("drained") => {
+            ToWorker::Drained => {
                 info!("drained: every task answered; leaving");
                 s.close(CloseCode::Normal, "drained").await;
                 Err(SessionEnd::Done)
             }
-            other => Err(SessionEnd::Lost(format!("protocol error: unexpected op {other:?}"))),
+            ToWorker::Welcome { .. } => Err(SessionEnd::Lost("protocol error: a second welcome".into())),
         }
     }
 }
@@ -545,17 +540,16 @@ async fn welcome(source: &mut SplitStream<Ws>) -> Result<u64, SessionEnd> {
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(other) => return Err(SessionEnd::Lost(format!("expected welcome, got {other:?}"))),
         };
-        let (header, _) = frame::split(bytes).map_err(|e| SessionEnd::Lost(format!("protocol error: {e}")))?;
-        if header.get("op").and_then(Value::as_str) != Some("welcome") {
+        let frame = ToWorker::decode(bytes).map_err(|e| SessionEnd::Lost(format!("protocol error: {e}")))?;
+        let ToWorker::Welcome { version, worker, .. } = frame else {
             return Err(SessionEnd::Lost("the gateway's first frame is not welcome".into()));
-        }
-        let version = header.get("version").and_then(Value::as_u64).unwrap_or(0);
+        };
         if version != VERSION {
             return Err(SessionEnd::Fatal(WorkerError::Protocol(format!(
                 "the gateway speaks worker protocol version {version}; this library speaks {VERSION}"
             ))));
         }
-        return Ok(header.get("worker").and_then(Value::as_u64).unwrap_or(0));
+        return Ok(worker);
     }
 }
 
@@ -568,9 +562,9 @@ struct Session {
 }
 
 impl Session {
-    async fn write(&mut self, header: Map<String, Value>, body: Bytes) -> Result<(), SessionEnd> {
+    async fn write(&mut self, frame: &FromWorker) -> Result<(), SessionEnd> {
         self.sink
-            .send(Message::Binary(frame::encode(&header, &body)))
+            .send(Message::Binary(frame.encode()))
             .await
             .map_err(|e| lost_or_done(self, format!("cannot write to the gateway: {e}")))
     }
@@ -581,10 +575,8 @@ impl Session {
         }
         self.next_req += 1;
         let req = self.next_req;
-        let mut header = call.header;
-        header.insert("req".into(), req.into());
         self.pending.insert(req, call.answer);
-        self.write(header, call.body).await
+        self.write(&FromWorker::Call { req, op: call.op, fields: call.fields, body: call.body }).await
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {

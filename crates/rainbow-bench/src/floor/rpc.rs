@@ -100,7 +100,7 @@ async fn call(backend: &mut TcpStream, head: &str, body: &[u8], answer: &mut Vec
 #[cfg(test)]
 mod tests {
     use futures_util::{SinkExt, StreamExt};
-    use rainbow_protocol::{Packet, Qos, Reply, Send};
+    use rainbow_protocol::{Packet, Qos, Reply, SendPacket};
     use tokio_tungstenite::tungstenite::Message;
 
     use crate::backend::Backend;
@@ -121,7 +121,7 @@ mod tests {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/connect/")).await.unwrap();
         // Three at once: relayed in order, one at a time, each answered.
         for (id, qos) in [(1, Qos::AtLeastOnce), (2, Qos::AtMostOnce), (3, Qos::ExactlyOnce)] {
-            let send = Packet::Send(Send { message_type: 1, qos, id, dup: false, payload: "ping".into() });
+            let send = Packet::Send(SendPacket { message_type: 1, qos, id, dup: false, payload: "ping".into() });
             ws.send(Message::Binary(send.encode())).await.unwrap();
         }
         let mut answers = Vec::new();

@@ -3,7 +3,8 @@
 //! reload (`/updateconfig/`).
 //!
 //! `/serverinfo/` is public, so it shows counts and channel names only: never
-//! payloads, cookies, identities or tokens.
+//! payloads, cookies, identities or tokens (its figures come from
+//! `crate::status`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,8 +15,10 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{answer, failure, param, query_pairs, signed};
+use super::{answer, failure, signed};
+use crate::handshake::{param, query_pairs};
 use crate::state::Gateway;
+use crate::status::{node_summary, process_stats};
 
 /// `GET /hello/` → `ok`.
 pub async fn hello() -> &'static str {
@@ -34,33 +37,6 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-/// Process figures read from `/proc/self` (Linux); zero elsewhere.
-struct ProcessStats {
-    rss_bytes: u64,
-    cpu_seconds: f64,
-}
-
-fn process_stats() -> ProcessStats {
-    let page = 4096u64;
-    let rss_bytes = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * page);
-    // Fields 14 and 15 (utime, stime) in clock ticks, counted after the
-    // parenthesised command name, which may contain spaces.
-    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0);
-    ProcessStats { rss_bytes, cpu_seconds }
-}
-
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -76,45 +52,6 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// This node's summary: what `/serverinfo/?cluster=1` lists per node, and
-/// what a clustered node publishes with its heartbeat. At most
-/// `max_channels` channels are listed (the largest); `channel_count` is exact.
-pub fn node_summary(gw: &Gateway, max_channels: usize) -> serde_json::Value {
-    let config = gw.config();
-    let stats = process_stats();
-    let uptime = gw.started.elapsed().as_secs_f64();
-    let cpu_percent = if uptime > 0.0 { stats.cpu_seconds / uptime * 100.0 } else { 0.0 };
-    let mut channels = gw.hub.channel_counts();
-    let channel_count = channels.len();
-    if channels.len() > max_channels {
-        channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        channels.truncate(max_channels);
-    }
-    json!({
-        "node": format!("{:08x}", gw.hub.node_tag()),
-        "host": hostname(),
-        "port": config.http_port,
-        "pid": std::process::id(),
-        "uptime_seconds": uptime.round(),
-        "cpu_seconds": stats.cpu_seconds,
-        "cpu_percent": (cpu_percent * 10.0).round() / 10.0,
-        "memory_bytes": stats.rss_bytes,
-        "connections": gw.hub.len(),
-        "channel_count": channel_count,
-        "channels": channels.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "workers": gw.workers.snapshot(std::time::Instant::now()).iter().map(|w| json!({
-            "name": &*w.name, "credits": w.credits, "in_flight": w.in_flight,
-            "draining": w.draining, "attached_seconds": w.attached_seconds,
-        })).collect::<Vec<_>>(),
-        "worker_tasks_queued": gw.workers.queued(),
-    })
-}
-
-/// The machine's host name (Linux), else empty.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-}
-
 /// `GET /serverinfo/`: this node as HTML, or every node of the cluster as
 /// JSON with `?cluster=1`.
 pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
@@ -124,7 +61,7 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let stats = process_stats();
     let channels = gw.hub.channel_counts();
-    let workers = gw.workers.snapshot(std::time::Instant::now());
+    let workers = gw.backend.workers().snapshot(std::time::Instant::now());
     if param(&query, "cluster").is_some_and(|v| v != "0") {
         let here = node_summary(&gw, usize::MAX);
         let Some(node) = gw.cluster.node() else {
@@ -151,13 +88,13 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
          td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}</style></head><body><h1>Rainbow</h1><table>",
     );
     let rows = [
-        ("Node", format!("{}:{}", escape(&host), config.http_port)),
+        ("Node", node_address(&host, config.http_port)),
         ("Process", format!("pid {}, up {:.0} s", std::process::id(), uptime)),
         ("CPU", format!("{:.1} s ({:.1} % average)", stats.cpu_seconds, cpu_percent)),
         ("Memory (RSS)", format!("{:.1} MiB", stats.rss_bytes as f64 / 1048576.0)),
         ("Connections", gw.hub.len().to_string()),
         ("Channels", channels.len().to_string()),
-        ("Workers", format!("{} attached, {} tasks queued", workers.len(), gw.workers.queued())),
+        ("Workers", format!("{} attached, {} tasks queued", workers.len(), gw.backend.workers().queued())),
     ];
     for (k, v) in rows {
         let _ = write!(html, "<tr><th>{k}</th><td>{v}</td></tr>");
@@ -182,6 +119,17 @@ pub async fn server_info(State(gw): State<Arc<Gateway>>, request: Request) -> Re
     }
     html.push_str("</table></body></html>");
     Html(html).into_response()
+}
+
+/// Where this node was reached: the `Host` the client used (which names the
+/// port unless it is the scheme's default), else the bound port alone.
+fn node_address(host: &str, port: u16) -> String {
+    match host.rsplit_once(':') {
+        // A port, and not the tail of a bare IPv6 address ("[::1]" has none).
+        Some((_, p)) if !host.ends_with(']') && p.parse::<u16>().is_ok() => escape(host),
+        _ if host.is_empty() => format!(":{port}"),
+        _ => format!("{}:{port}", escape(host)),
+    }
 }
 
 /// `GET /updateconfig/` (signed): re-reads the config file.
@@ -217,9 +165,13 @@ mod tests {
         assert_eq!(escape("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
     }
 
+    /// Found while writing docs/protocol.md: the port was shown twice.
     #[test]
-    fn reads_its_own_process() {
-        let s = process_stats();
-        assert!(s.rss_bytes > 0);
+    fn the_node_row_names_the_port_once() {
+        assert_eq!(node_address("127.0.0.7:18984", 18984), "127.0.0.7:18984");
+        assert_eq!(node_address("gw.example", 80), "gw.example:80");
+        assert_eq!(node_address("[::1]:1984", 1984), "[::1]:1984");
+        assert_eq!(node_address("[::1]", 1984), "[::1]:1984");
+        assert_eq!(node_address("", 1984), ":1984");
     }
 }

@@ -1,5 +1,5 @@
 //! Control headers a backend returns from the connect and forward hooks
-//! (spec §5): context (cookie), channels to subscribe and unsubscribe, and the
+//! (docs/protocol.md §5): context (cookie), channels to subscribe and unsubscribe, and the
 //! backend's complaint about our request.
 //!
 //! Parsing is separate from applying so both can be tested alone; applying
@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
-use tracing::{error, warn};
+use axum::http::{HeaderMap, HeaderValue};
+use tracing::{debug, error, warn};
 
-use crate::hub::{Connection, Hub, Identity};
+use crate::hub::{Connection, Hub, Identity, SubscribeError};
 
 const CHANNEL_SEPARATOR: &str = ";;";
 
@@ -69,6 +69,18 @@ impl Control {
         error!(%identity, hook, side = "backend", code = %code, "backend refused the gateway's request: {meaning}");
     }
 
+    /// Checks what the gateway must carry on: the context goes back to the
+    /// backend as a header on every later call, so it must be a valid header
+    /// value (a webhook's always is; a worker's JSON string may not be).
+    pub fn check(&self) -> Result<(), String> {
+        match &self.cookie {
+            Some(cookie) if HeaderValue::from_str(cookie).is_err() => {
+                Err("its context has characters no HTTP header can carry (control characters); send text".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Applies the controls to a connection: the cookie, then unsubscribes,
     /// then subscribes.
     pub fn apply(&self, hub: &Hub, conn: &Arc<Connection>) {
@@ -79,8 +91,15 @@ impl Control {
             hub.unsubscribe(conn, channel);
         }
         for channel in &self.subscribe {
-            if let Err(e) = hub.subscribe(conn, channel) {
-                warn!(identity = %conn.identity(), channel = %channel, side = "backend", "subscription from hook refused: {e}");
+            match hub.subscribe(conn, channel) {
+                Ok(()) => {}
+                // The client left before the answer came: nothing to join.
+                Err(SubscribeError::Gone) => {
+                    debug!(identity = %conn.identity(), channel = %channel, "connection ended before its subscription applied")
+                }
+                Err(e) => {
+                    warn!(identity = %conn.identity(), channel = %channel, side = "backend", "subscription from hook refused: {e}")
+                }
             }
         }
     }
@@ -112,5 +131,13 @@ mod tests {
         let c = Control { subscribe: vec!["room".into()], unsubscribe: vec!["room".into()], ..Default::default() };
         c.apply(&hub, &conn);
         assert_eq!(hub.subscribers("room").len(), 1, "unsub then sub leaves the connection subscribed");
+    }
+
+    #[test]
+    fn a_context_must_be_able_to_travel_as_a_header() {
+        let ok = Control { cookie: Some("café=1; x".into()), ..Default::default() };
+        assert_eq!(ok.check(), Ok(()));
+        let bad = Control { cookie: Some("line1\nline2".into()), ..Default::default() };
+        assert!(bad.check().unwrap_err().contains("control characters"));
     }
 }

@@ -37,8 +37,17 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Largest answer body read, bytes.
-const MAX_BODY: usize = 16 << 20;
+/// Largest answer body read, bytes (for both hook clients).
+pub const MAX_BODY: usize = 16 << 20;
+
+/// A call that produced no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The backend could not be reached, or the exchange failed.
+    Unreachable(String),
+    /// The answer's body is over [`MAX_BODY`].
+    TooLarge,
+}
 
 type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
@@ -51,7 +60,7 @@ struct Idle {
 
 /// A backend's answer.
 #[derive(Debug)]
-pub struct Answer {
+pub struct HookResponse {
     /// The status.
     pub status: StatusCode,
     /// The headers.
@@ -61,21 +70,21 @@ pub struct Answer {
 }
 
 /// Keep-alive connections to `http://` backends, by `host:port`.
-pub struct Pool {
+pub struct Client {
     idle: Mutex<HashMap<String, VecDeque<Idle>>>,
     max_idle: usize,
 }
 
-impl std::fmt::Debug for Pool {
+impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("max_idle", &self.max_idle).finish_non_exhaustive()
+        f.debug_struct("Client").field("max_idle", &self.max_idle).finish_non_exhaustive()
     }
 }
 
-impl Pool {
+impl Client {
     /// A pool keeping at most `max_idle` idle connections per backend.
-    pub fn new(max_idle: usize) -> Pool {
-        Pool { idle: Mutex::default(), max_idle }
+    pub fn new(max_idle: usize) -> Client {
+        Client { idle: Mutex::default(), max_idle }
     }
 
     fn idle(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Idle>>> {
@@ -85,23 +94,30 @@ impl Pool {
 
     /// Sends `method` with `headers` and `body` to `uri` (an `http://` URL),
     /// and reads the whole answer. The caller bounds the time it may take.
-    pub async fn request(&self, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes) -> Result<Answer, String> {
-        let authority = uri.authority().ok_or_else(|| format!("{uri} has no host"))?;
+    pub async fn request(
+        &self,
+        method: Method,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<HookResponse, CallError> {
+        let authority = uri.authority().ok_or_else(|| CallError::Unreachable(format!("{uri} has no host")))?;
         let key = address(authority);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| format!("bad host {authority}: {e}"))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| CallError::Unreachable(format!("bad host {authority}: {e}")))?;
         let mut reused = self.checkout(&key);
         loop {
             let fresh = reused.is_none();
             let (mut sender, mut conn) = match reused.take() {
                 Some(idle) => (idle.sender, idle.conn),
-                None => connect(&key).await?,
+                None => connect(&key).await.map_err(CallError::Unreachable)?,
             };
             let mut request = Request::builder()
                 .method(method.clone())
                 .uri(target)
                 .body(Full::new(body.clone()))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| CallError::Unreachable(e.to_string()))?;
             *request.headers_mut() = headers.clone();
             request.headers_mut().insert(header::HOST, host.clone());
             match exchange(&mut sender, &mut conn, request).await {
@@ -114,7 +130,8 @@ impl Pool {
                 // The reused connection was closed before the request went
                 // out: nothing reached the backend, so try a new one.
                 Err(Failed::NotSent(_)) if !fresh => continue,
-                Err(Failed::NotSent(e) | Failed::Other(e)) => return Err(e),
+                Err(Failed::NotSent(e) | Failed::Other(e)) => return Err(CallError::Unreachable(e)),
+                Err(Failed::TooLarge) => return Err(CallError::TooLarge),
             }
         }
     }
@@ -168,6 +185,8 @@ enum Failed {
     NotSent(String),
     /// Otherwise.
     Other(String),
+    /// The answer's body is over [`MAX_BODY`].
+    TooLarge,
 }
 
 async fn connect(authority: &str) -> Result<(SendRequest<Full<Bytes>>, Conn), String> {
@@ -190,7 +209,7 @@ async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     conn: &mut Conn,
     request: Request<Full<Bytes>>,
-) -> Result<(Answer, bool), Failed> {
+) -> Result<(HookResponse, bool), Failed> {
     let mut driven = Driven { conn, ended: false };
     let ready = poll_fn(|cx| match sender.poll_ready(cx) {
         Poll::Pending if driven.drive(cx) => Poll::Ready(Err(Failed::NotSent("connection closed".into()))),
@@ -206,10 +225,16 @@ async fn exchange(
     let body = driven
         .until(Limited::new(body, MAX_BODY).collect())
         .await
-        .map_err(|e| Failed::Other(format!("reading the answer: {e}")))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Failed::TooLarge
+            } else {
+                Failed::Other(format!("reading the answer: {e}"))
+            }
+        })?
         .to_bytes();
     let reusable = !driven.ended && !sender.is_closed();
-    Ok((Answer { status: parts.status, headers: parts.headers, body }, reusable))
+    Ok((HookResponse { status: parts.status, headers: parts.headers, body }, reusable))
 }
 
 /// A connection polled alongside the futures of one exchange, until it ends.
@@ -306,7 +331,7 @@ mod tests {
     #[tokio::test]
     async fn calls_reuse_a_connection_and_read_the_whole_answer() {
         let (url, mut opened) = server(100).await;
-        let pool = Pool::new(4);
+        let pool = Client::new(4);
         let uri: Uri = url.parse().unwrap();
         for n in 1..=3 {
             let answer = pool.request(Method::POST, &uri, HeaderMap::new(), Bytes::from_static(b"x")).await.unwrap();
@@ -320,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_replaced() {
         let (url, mut opened) = server(1).await;
-        let pool = Pool::new(4);
+        let pool = Client::new(4);
         let uri: Uri = url.parse().unwrap();
         for _ in 0..3 {
             let answer = pool.request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap();
@@ -339,7 +364,25 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri: Uri = format!("http://{addr}/m/").parse().unwrap();
-        let e = Pool::new(1).request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap_err();
+        let e = Client::new(1).request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap_err();
+        let CallError::Unreachable(e) = e else { panic!("{e:?}") };
         assert!(e.contains(&addr.to_string()) && e.contains("connect"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_too_large_not_unreachable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut chunk = [0u8; 4096];
+            let _ = s.read(&mut chunk).await;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&vec![b'x'; MAX_BODY + 1]).await;
+        });
+        let uri: Uri = format!("http://{addr}/m/").parse().unwrap();
+        let e = Client::new(1).request(Method::GET, &uri, HeaderMap::new(), Bytes::new()).await.unwrap_err();
+        assert_eq!(e, CallError::TooLarge);
     }
 }

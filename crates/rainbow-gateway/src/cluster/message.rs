@@ -17,7 +17,8 @@
 use bytes::Bytes;
 use rainbow_protocol::envelope;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::ops::{Outcome, Request};
 
 /// Redis names of one cluster.
 #[derive(Debug, Clone)]
@@ -95,62 +96,22 @@ pub enum Header {
         /// Whether every receiver there answered or failed before the deadline.
         complete: bool,
     },
-    /// A call for a connection the receiving node holds; the body is the
-    /// payload of a [`Call::Push`].
+    /// A backend request for a connection the receiving node holds; the
+    /// body is the payload of a push.
     Call {
         /// The calling node.
         from: u32,
         /// Its request id.
         id: u64,
         /// What to do.
-        call: Call,
+        call: Request,
     },
-    /// The answer to a [`Header::Call`]: the API's JSON answer.
+    /// The outcome of a [`Header::Call`].
     Result {
         /// The request id.
         id: u64,
-        /// The answer body, as `/sub/` etc. answer it.
-        answer: Value,
-    },
-}
-
-/// A call routed to the node holding a connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Call {
-    /// `/sub/`.
-    Sub {
-        /// The connection.
-        identity: String,
-        /// The channel.
-        channel: String,
-        /// Remove every other subscriber first (cluster-wide).
-        occupy: bool,
-    },
-    /// `/unsub/`.
-    Unsub {
-        /// The connection.
-        identity: String,
-        /// The channel.
-        channel: String,
-    },
-    /// Close the connection.
-    Close {
-        /// The connection.
-        identity: String,
-        /// Close reason.
-        reason: String,
-    },
-    /// Deliver the body to the connection.
-    Push {
-        /// The connection.
-        identity: String,
-        /// Message type.
-        message_type: u16,
-        /// qos 0, 1 or 2.
-        qos: u8,
-        /// Time left for the answer, milliseconds.
-        timeout_ms: u64,
+        /// What the request did there.
+        outcome: Outcome,
     },
 }
 
@@ -181,6 +142,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Bytes), MessageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Message;
+    use rainbow_protocol::Qos;
+    use std::time::Duration;
 
     #[test]
     fn messages_round_trip() {
@@ -191,14 +155,22 @@ mod tests {
             Header::Call {
                 from: 9,
                 id: 3,
-                call: Call::Sub { identity: "ab".into(), channel: "room".into(), occupy: true },
+                call: Request::Sub { identity: "ab".into(), channel: "room".into(), occupy: true },
             },
             Header::Call {
                 from: 9,
                 id: 4,
-                call: Call::Push { identity: "ab".into(), message_type: 1, qos: 2, timeout_ms: 10 },
+                call: Request::Push {
+                    identity: "ab".into(),
+                    message: Message {
+                        message_type: 1,
+                        qos: Qos::ExactlyOnce,
+                        timeout: Duration::from_millis(10),
+                        payload: Bytes::new(),
+                    },
+                },
             },
-            Header::Result { id: 3, answer: serde_json::json!({"status": 0}) },
+            Header::Result { id: 3, outcome: Outcome::Answered { connections: 2, data: "d".into() } },
         ];
         for header in messages {
             let bytes = encode(&header, b"\xffpayload");

@@ -1,5 +1,5 @@
 //! The cluster over Redis: any node's API reaches every connection, and nodes
-//! come and go without breaking users (spec §11, replacing the original's UDP
+//! come and go without breaking users (docs/protocol.md §11, replacing the original's UDP
 //! discovery and HTTP fan-out).
 //!
 //! - [`message`]: what nodes say to each other and the Redis names they use.
@@ -23,20 +23,40 @@
 //! With Redis down, local delivery continues and cluster operations answer
 //! `{"status": 1, "msg": "cluster unavailable"}` within `cluster_timeout`;
 //! the heartbeat loop reconnects with backoff and resubscribes by itself.
-//! Nothing here decides what an API call means: that is `api::ops`.
+//!
+//! The cluster knows the hub (to deliver and evict on this node), the
+//! metrics, and through [`Local`] how to run a backend request on this
+//! node's connections and describe this node: nothing of the HTTP API or
+//! the rest of the gateway. What a request means is `api::execute`.
 
 pub mod message;
 pub mod node;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio_util::task::TaskTracker;
 
 pub use node::Node;
 
 use crate::config::Config;
-use crate::state::Gateway;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::ops::{Outcome, Request};
+
+/// What the cluster needs from the rest of this node.
+pub trait Local: Send + Sync + 'static {
+    /// Runs a backend request on this node's own connections (another node
+    /// sent it here because this node holds the connection).
+    fn run(self: Arc<Self>, request: Request) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+    /// This node's summary for the heartbeat (what `/serverinfo/?cluster=1`
+    /// lists), with at most `max_channels` channels named.
+    fn summary(&self, max_channels: usize) -> serde_json::Value;
+}
 
 /// A cluster operation that could not complete.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -71,12 +91,18 @@ impl Cluster {
         Cluster { node: None }
     }
 
-    /// The cluster `config` asks for (alone without `redis_url`). Connects
-    /// lazily: nothing is sent to Redis until [`run`] starts.
-    pub fn from_config(config: &Config, node_tag: u32) -> Result<Cluster, ClusterError> {
+    /// The cluster `config` asks for (alone without `redis_url`), for the
+    /// connections of `hub`; the node's tasks are tracked by `tasks`. Connects
+    /// lazily: nothing is sent to Redis until [`Node::run`] starts.
+    pub fn from_config(
+        config: &Config,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Result<Cluster, ClusterError> {
         match &config.redis_url {
             None => Ok(Cluster::alone()),
-            Some(url) => Ok(Cluster { node: Some(Arc::new(Node::new(url, config, node_tag)?)) }),
+            Some(url) => Ok(Cluster { node: Some(Arc::new(Node::new(url, config, hub, metrics, tasks)?)) }),
         }
     }
 
@@ -84,25 +110,15 @@ impl Cluster {
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.node.as_ref()
     }
-}
 
-/// Runs the cluster's background work (heartbeats, incoming messages,
-/// subscription changes) until the gateway shuts down; returns at once when
-/// the node runs alone.
-pub async fn run(gw: Arc<Gateway>) {
-    if let Some(node) = gw.cluster.node().cloned() {
-        node.run(gw).await;
-    }
-}
-
-/// Subscribes these channels in Redis before returning, when clustered and
-/// this node just gained their first subscriber, so a publish on another
-/// node right after the handshake reaches the new connection. Failures are
-/// left to the background resync.
-pub async fn subscribe_now(gw: &Gateway, channels: &[String]) {
-    if let Some(node) = gw.cluster.node() {
+    /// Subscribes these channels in Redis before returning, when clustered
+    /// and this node just gained their first subscriber, so a publish on
+    /// another node right after the handshake reaches the new connection.
+    /// Failures are left to the background resync.
+    pub async fn subscribe_now(&self, channels: &[String]) {
+        let Some(node) = &self.node else { return };
         for channel in channels {
-            if let Err(e) = Box::pin(node.ensure_subscribed(gw, channel)).await {
+            if let Err(e) = Box::pin(node.ensure_subscribed(channel)).await {
                 tracing::debug!("cluster: {channel} will be subscribed at the next resync ({e})");
             }
         }

@@ -21,6 +21,7 @@
 //! small bounded queue; an answer for an id no longer waiting is dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,12 +34,14 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::ClusterError;
-use super::message::{self, Call, Header, Names};
-use crate::api::ops::{self, Message};
+use tokio_util::task::TaskTracker;
+
+use super::message::{self, Header, Names};
+use super::{ClusterError, Local};
 use crate::config::Config;
 use crate::hub::{Aggregate, Delivered, Hub, Identity};
-use crate::state::Gateway;
+use crate::metrics::Metrics;
+use crate::ops::{Message, Outcome, Request};
 
 /// Bound of the queue of messages received from Redis; beyond it messages
 /// are dropped and counted (`rainbow_cluster_messages_total{kind="dropped"}`).
@@ -57,13 +60,18 @@ const MAX_LISTED_CHANNELS: usize = 1000;
 enum Reply {
     /// A node's part of a publish or evict.
     Answer { answered: usize, complete: bool, reply: Bytes },
-    /// A call's result.
-    Result(Value),
+    /// A call's outcome.
+    Result(Outcome),
 }
 
 /// This node, as the cluster sees it.
 pub struct Node {
     tag: u32,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// Where the node's own tasks (answering other nodes) are tracked, for
+    /// the graceful shutdown.
+    tasks: TaskTracker,
     names: Names,
     redis: ConnectionManager,
     timeout: Duration,
@@ -114,8 +122,17 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Node {
-    /// A node of the cluster at `url`. Connects lazily.
-    pub fn new(url: &reqwest::Url, config: &Config, tag: u32) -> Result<Node, ClusterError> {
+    /// A node of the cluster at `url`, holding `hub`'s connections (its tag
+    /// is the hub's). Connects lazily. `node_ttl` and `cluster_timeout` are
+    /// read here, once.
+    pub fn new(
+        url: &reqwest::Url,
+        config: &Config,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Result<Node, ClusterError> {
+        let tag = hub.node_tag();
         let unavailable = |e: redis::RedisError| ClusterError::Unavailable(e.to_string());
         let info = url.as_str().into_connection_info().map_err(unavailable)?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
@@ -138,6 +155,9 @@ impl Node {
         let redis = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(unavailable)?;
         Ok(Node {
             tag,
+            hub,
+            metrics,
+            tasks,
             names: Names::new(&config.cluster_name),
             redis,
             timeout: config.cluster_timeout,
@@ -155,6 +175,12 @@ impl Node {
     /// This node's tag.
     pub fn tag(&self) -> u32 {
         self.tag
+    }
+
+    /// How long a cluster operation waits for Redis (`cluster_timeout`, as
+    /// read at start).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether Redis answered the last heartbeat.
@@ -189,9 +215,9 @@ impl Node {
     }
 
     /// Publishes `bytes` on a Redis channel; the count of receiving nodes.
-    async fn publish_raw(&self, gw: &Gateway, channel: String, bytes: Vec<u8>) -> Result<usize, ClusterError> {
+    async fn publish_raw(&self, channel: String, bytes: Vec<u8>) -> Result<usize, ClusterError> {
         let count: usize = self.query(redis::cmd("PUBLISH").arg(channel).arg(bytes)).await?;
-        gw.metrics.cluster_message("sent");
+        self.metrics.cluster_message("sent");
         Ok(count)
     }
 
@@ -217,26 +243,21 @@ impl Node {
     /// `/send/` across the cluster: delivers locally and to every node with
     /// subscribers of `channel`; at qos 1/2 adds up their answers. On a Redis
     /// failure the local delivery still happens and is returned with the error.
-    pub async fn publish(
-        &self,
-        gw: &Gateway,
-        channel: &str,
-        message: Message,
-    ) -> Result<Delivered, (ClusterError, Delivered)> {
+    pub async fn publish(&self, channel: &str, message: Message) -> Result<Delivered, (ClusterError, Delivered)> {
         let Message { message_type, qos, payload, timeout } = message;
         if qos == Qos::AtMostOnce {
-            let local = gw.hub.publish(channel, message_type, qos, payload.clone(), timeout).await;
+            let local = self.hub.publish(channel, message_type, qos, payload.clone(), timeout).await;
             if let Err(e) = self.check_up() {
                 return Err((e, local));
             }
             let header = Header::Publish { from: self.tag, id: 0, message_type, qos: 0, timeout_ms: 0 };
-            return match self.publish_raw(gw, self.names.channel(channel), message::encode(&header, &payload)).await {
+            return match self.publish_raw(self.names.channel(channel), message::encode(&header, &payload)).await {
                 Ok(_) => Ok(local),
                 Err(e) => Err((e, local)),
             };
         }
         let deadline = Instant::now() + timeout;
-        let local = gw.hub.publish(channel, message_type, qos, payload.clone(), timeout);
+        let local = self.hub.publish(channel, message_type, qos, payload.clone(), timeout);
         if let Err(e) = self.check_up() {
             return Err((e, local.await));
         }
@@ -248,7 +269,7 @@ impl Node {
         let header = Header::Publish { from: self.tag, id, message_type, qos: qos.as_u8(), timeout_ms };
         let bytes = message::encode(&header, &payload);
         let remote = async {
-            let expected = self.publish_raw(gw, self.names.channel(channel), bytes).await?;
+            let expected = self.publish_raw(self.names.channel(channel), bytes).await?;
             let mut total = Aggregate { answered: 0, reply: None, complete: true };
             let mut received = 0;
             while received < expected {
@@ -287,11 +308,11 @@ impl Node {
 
     /// The cluster-wide part of an occupy: every other node removes its
     /// local subscribers of `channel`, and answers.
-    pub async fn evict(&self, gw: &Gateway, channel: &str, keep: Identity) -> Result<(), ClusterError> {
+    pub async fn evict(&self, channel: &str, keep: Identity) -> Result<(), ClusterError> {
         self.check_up()?;
         let (id, mut answers, _guard) = self.register(64)?;
         let header = Header::Evict { from: self.tag, id, keep: keep.to_string() };
-        let expected = self.publish_raw(gw, self.names.channel(channel), message::encode(&header, b"")).await?;
+        let expected = self.publish_raw(self.names.channel(channel), message::encode(&header, b"")).await?;
         let deadline = Instant::now() + self.timeout;
         for _ in 0..expected {
             match tokio::time::timeout_at(deadline.into(), answers.recv()).await {
@@ -302,26 +323,20 @@ impl Node {
         Ok(())
     }
 
-    /// Sends `call` to node `tag` and waits up to `wait` for its answer.
-    pub async fn call(
-        &self,
-        gw: &Gateway,
-        tag: u32,
-        call: Call,
-        body: &[u8],
-        wait: Duration,
-    ) -> Result<Value, ClusterError> {
+    /// Sends `call` to node `tag` and waits up to `wait` for its outcome.
+    pub async fn call(&self, tag: u32, call: Request, wait: Duration) -> Result<Outcome, ClusterError> {
         self.check_up()?;
         // No need to consult the live table: PUBLISH counts the subscribers
         // of the node's inbox, 0 when it is gone (even before its heartbeat
         // expires) and 1 as soon as a new node subscribed.
         let (id, mut answers, _guard) = self.register(1)?;
+        let body = call.payload();
         let header = Header::Call { from: self.tag, id, call };
-        if self.publish_raw(gw, self.names.inbox(tag), message::encode(&header, body)).await? == 0 {
+        if self.publish_raw(self.names.inbox(tag), message::encode(&header, &body)).await? == 0 {
             return Err(ClusterError::NoSuchNode(tag));
         }
         match tokio::time::timeout(wait, answers.recv()).await {
-            Ok(Some(Reply::Result(answer))) => Ok(answer),
+            Ok(Some(Reply::Result(outcome))) => Ok(outcome),
             _ => Err(ClusterError::NodeTimeout { tag, waited: wait }),
         }
     }
@@ -346,11 +361,11 @@ impl Node {
     }
 
     /// Makes Redis subscriptions match the hub for these channels.
-    async fn reconcile(&self, gw: &Gateway, channels: Vec<Arc<str>>) -> Result<(), ClusterError> {
+    async fn reconcile(&self, channels: Vec<Arc<str>>) -> Result<(), ClusterError> {
         let mut subscribed = self.subscribed.lock().await;
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for channel in channels {
-            match (gw.hub.has_channel(&channel), subscribed.contains(&channel)) {
+            match (self.hub.has_channel(&channel), subscribed.contains(&channel)) {
                 (true, false) => add.push(channel),
                 (false, true) => remove.push(channel),
                 _ => {}
@@ -380,13 +395,13 @@ impl Node {
 
     /// Subscribes `channel` in Redis now if the hub has local subscribers
     /// for it (so a publish right after `/sub/` answers reaches them).
-    pub async fn ensure_subscribed(&self, gw: &Gateway, channel: &str) -> Result<(), ClusterError> {
+    pub async fn ensure_subscribed(&self, channel: &str) -> Result<(), ClusterError> {
         self.check_up()?;
-        self.reconcile(gw, vec![Arc::from(channel)]).await
+        self.reconcile(vec![Arc::from(channel)]).await
     }
 
     /// After a reconnect: subscribe the inbox and every local channel anew.
-    async fn resubscribe(&self, gw: &Gateway) -> Result<(), ClusterError> {
+    async fn resubscribe(&self) -> Result<(), ClusterError> {
         {
             let mut redis = self.redis.clone();
             match tokio::time::timeout(self.timeout, redis.subscribe(self.names.inbox(self.tag))).await {
@@ -396,16 +411,16 @@ impl Node {
             }
             self.subscribed.lock().await.clear();
         }
-        let channels = gw.hub.track_channels();
-        self.reconcile(gw, channels).await
+        let channels = self.hub.track_channels();
+        self.reconcile(channels).await
     }
 
     /// One heartbeat: publish our info, refresh our score, drop expired
     /// nodes, read the live ones.
-    async fn heartbeat(&self, gw: &Gateway) -> Result<(), ClusterError> {
+    async fn heartbeat(&self, local: &dyn Local) -> Result<(), ClusterError> {
         let now = unix_ms();
         let ttl_ms = self.ttl.as_millis() as u64;
-        let info = crate::api::info::node_summary(gw, MAX_LISTED_CHANNELS);
+        let info = local.summary(MAX_LISTED_CHANNELS);
         let me = format!("{:08x}", self.tag);
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(self.names.info(self.tag)).arg(info.to_string()).arg("PX").arg(ttl_ms).ignore();
@@ -441,21 +456,23 @@ impl Node {
         let _ = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut redis)).await;
     }
 
-    /// The background loops; see the module docs.
-    pub async fn run(self: Arc<Self>, gw: Arc<Gateway>) {
+    /// The background loops (see the module docs), until the task is
+    /// aborted at shutdown. `local` runs other nodes' calls here and
+    /// describes this node in heartbeats.
+    pub async fn run(self: Arc<Self>, local: Arc<dyn Local>) {
         let Some(pushes) = lock(&self.pushes).take() else { return };
         // Record channel changes from now on; the first resync subscribes
         // whatever exists already.
-        gw.hub.track_channels();
-        tokio::join!(self.heartbeats(&gw), self.receive(&gw, pushes), self.follow_channels(&gw));
+        self.hub.track_channels();
+        tokio::join!(self.heartbeats(&*local), self.receive(&local, pushes), self.follow_channels());
     }
 
-    async fn heartbeats(&self, gw: &Arc<Gateway>) {
+    async fn heartbeats(&self, local: &dyn Local) {
         let mut backoff = Duration::from_millis(100);
-        while !gw.is_shutting_down() {
-            let result = self.heartbeat(gw).await;
+        loop {
+            let result = self.heartbeat(local).await;
             let result = match result {
-                Ok(()) if self.resync.swap(false, Ordering::AcqRel) => self.resubscribe(gw).await,
+                Ok(()) if self.resync.swap(false, Ordering::AcqRel) => self.resubscribe().await,
                 other => other,
             };
             match result {
@@ -463,13 +480,13 @@ impl Node {
                     if !self.up.swap(true, Ordering::AcqRel) {
                         info!(node = format_args!("{:08x}", self.tag), "cluster: connected to Redis");
                     }
-                    gw.metrics.cluster_up.set(1);
+                    self.metrics.cluster_up.set(1);
                     backoff = Duration::from_millis(100);
                     tokio::time::sleep(self.ttl / 3).await;
                 }
                 Err(e) => {
                     self.resync.store(true, Ordering::Release);
-                    gw.metrics.cluster_up.set(0);
+                    self.metrics.cluster_up.set(0);
                     debug!("cluster: heartbeat failed ({e}); retrying in {backoff:?}");
                     // Jitter spreads the reconnections of many nodes.
                     let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
@@ -478,31 +495,30 @@ impl Node {
                 }
             }
         }
-        self.leave().await;
     }
 
-    async fn follow_channels(&self, gw: &Arc<Gateway>) {
+    async fn follow_channels(&self) {
         loop {
-            gw.hub.channels_changed().await;
-            let changed = gw.hub.take_changed_channels();
+            self.hub.channels_changed().await;
+            let changed = self.hub.take_changed_channels();
             if changed.is_empty() || !self.is_up() {
                 // A resync after the reconnect covers them.
                 continue;
             }
-            if let Err(e) = self.reconcile(gw, changed).await {
+            if let Err(e) = self.reconcile(changed).await {
                 debug!("cluster: subscription change deferred to the next resync ({e})");
             }
         }
     }
 
-    async fn receive(&self, gw: &Arc<Gateway>, mut pushes: mpsc::Receiver<PushInfo>) {
+    async fn receive(self: &Arc<Self>, local: &Arc<dyn Local>, mut pushes: mpsc::Receiver<PushInfo>) {
         let inbox = self.names.inbox(self.tag);
         while let Some(push) = pushes.recv().await {
             match push.kind {
                 PushKind::Message => {}
                 PushKind::Disconnection => {
                     self.went_down("connection lost".into());
-                    gw.metrics.cluster_up.set(0);
+                    self.metrics.cluster_up.set(0);
                     continue;
                 }
                 _ => continue,
@@ -512,46 +528,51 @@ impl Node {
             else {
                 continue;
             };
-            gw.metrics.cluster_message("received");
+            self.metrics.cluster_message("received");
             let Ok(channel) = std::str::from_utf8(channel) else { continue };
             let (header, body) = match message::decode(bytes) {
                 Ok(m) => m,
                 Err(e) => {
-                    gw.metrics.cluster_message("malformed");
+                    self.metrics.cluster_message("malformed");
                     warn!(side = "broker", channel, "cluster: dropped a message that does not decode: {e}");
                     continue;
                 }
             };
             if channel == inbox {
-                self.on_inbox(gw, header, body);
+                self.on_inbox(local, header, body);
             } else if let Some(rainbow_channel) = self.names.channel_of(channel) {
-                self.on_channel(gw, rainbow_channel, header, body).await;
+                self.on_channel(rainbow_channel, header, body).await;
             }
         }
     }
 
-    fn on_inbox(&self, gw: &Arc<Gateway>, header: Header, body: Bytes) {
+    /// Publishes `header` (and `body`) in node `to`'s inbox, from a task of
+    /// its own.
+    fn answer(self: &Arc<Self>, to: u32, answer: impl Future<Output = (Header, Bytes)> + Send + 'static) {
+        let node = self.clone();
+        self.tasks.spawn(async move {
+            let (header, body) = answer.await;
+            if let Err(e) = node.publish_raw(node.names.inbox(to), message::encode(&header, &body)).await {
+                debug!("cluster: could not answer node {to:08x}: {e}");
+            }
+        });
+    }
+
+    fn on_inbox(self: &Arc<Self>, local: &Arc<dyn Local>, header: Header, body: Bytes) {
         match header {
             Header::Answer { id, answered, complete } => {
                 self.resolve(id, Reply::Answer { answered, complete, reply: body })
             }
-            Header::Result { id, answer } => self.resolve(id, Reply::Result(answer)),
+            Header::Result { id, outcome } => self.resolve(id, Reply::Result(outcome)),
             Header::Call { from, id, call } => {
-                let gw = gw.clone();
-                gw.tasks.clone().spawn(async move {
-                    let answer = ops::local_call(&gw, call, body).await;
-                    let Some(node) = gw.cluster.node() else { return };
-                    let reply = message::encode(&Header::Result { id, answer: answer.body }, b"");
-                    if let Err(e) = node.publish_raw(&gw, node.names.inbox(from), reply).await {
-                        debug!("cluster: could not answer node {from:08x}: {e}");
-                    }
-                });
+                let run = local.clone().run(call.with_payload(body));
+                self.answer(from, async move { (Header::Result { id, outcome: run.await }, Bytes::new()) });
             }
             other => debug!(?other, "cluster: unexpected message in the inbox"),
         }
     }
 
-    async fn on_channel(&self, gw: &Arc<Gateway>, channel: &str, header: Header, body: Bytes) {
+    async fn on_channel(self: &Arc<Self>, channel: &str, header: Header, body: Bytes) {
         match header {
             // Our own publication: the local part was delivered directly;
             // count our Redis subscription as an empty answer.
@@ -563,37 +584,30 @@ impl Node {
             Header::Publish { from, id, message_type, qos, timeout_ms } => {
                 let Some(qos) = Qos::from_u8(qos) else { return };
                 if qos == Qos::AtMostOnce {
-                    gw.hub.publish(channel, message_type, qos, body, Duration::ZERO).await;
+                    self.hub.publish(channel, message_type, qos, body, Duration::ZERO).await;
                     return;
                 }
                 // Answer a little before the caller's deadline so the answer
                 // arrives in time.
                 let margin = (timeout_ms / 10).min(200);
                 let timeout = Duration::from_millis(timeout_ms.saturating_sub(margin).max(1));
-                let receivers = gw.hub.subscribers(channel);
-                let gw = gw.clone();
-                gw.tasks.clone().spawn(async move {
-                    let delivered = Hub::deliver(receivers, message_type, qos, body, timeout).await;
-                    let Delivered::Answered(agg) = delivered else { return };
-                    let Some(node) = gw.cluster.node() else { return };
+                let receivers = self.hub.subscribers(channel);
+                self.answer(from, async move {
+                    let agg = match Hub::deliver(receivers, message_type, qos, body, timeout).await {
+                        Delivered::Answered(agg) => agg,
+                        Delivered::Queued(n) => Aggregate { answered: n, reply: None, complete: true },
+                    };
                     let header = Header::Answer { id, answered: agg.answered, complete: agg.complete };
-                    let reply = message::encode(&header, agg.reply.as_deref().unwrap_or_default());
-                    if let Err(e) = node.publish_raw(&gw, node.names.inbox(from), reply).await {
-                        debug!("cluster: could not answer node {from:08x}: {e}");
-                    }
+                    (header, agg.reply.unwrap_or_default())
                 });
             }
             Header::Evict { from, id, .. } if from == self.tag => {
                 self.resolve(id, Reply::Answer { answered: 0, complete: true, reply: Bytes::new() });
             }
             Header::Evict { from, id, keep } => {
-                let removed = gw.hub.evict(channel, keep.parse::<Identity>().ok());
+                let removed = self.hub.evict(channel, keep.parse::<Identity>().ok());
                 let header = Header::Answer { id, answered: removed, complete: true };
-                let gw = gw.clone();
-                gw.tasks.clone().spawn(async move {
-                    let Some(node) = gw.cluster.node() else { return };
-                    let _ = node.publish_raw(&gw, node.names.inbox(from), message::encode(&header, b"")).await;
-                });
+                self.answer(from, async move { (header, Bytes::new()) });
             }
             other => debug!(?other, "cluster: unexpected message on a channel"),
         }

@@ -13,6 +13,7 @@
 //! documented there).
 
 pub mod file;
+pub mod route;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,7 +51,7 @@ keys! {
     "security_token" = "" : "Shared secret for signing hooks and checking API signatures (required).",
     "connect_url" = "" : "Connect hook URL; empty accepts every connection without asking a backend.",
     "close_url" = "" : "Close hook URL; empty skips the close hook.",
-    "forward_url" = "" : "Forward hook URL; `{message_type}` is replaced by the type (appended as a path segment if absent).",
+    "forward_url" = "" : "Forward hook URL; `{message_type}` is replaced by the type (appended as a path segment, before any query, if absent).",
     "http_port" = "1984" : "Port for WebSocket and HTTP API. If not set and 1984 is taken, 1985..2003 are tried.",
     "bind" = "0.0.0.0" : "Address to listen on.",
     "cluster_name" = "" : "Cluster name: the prefix of every Redis key and channel, so several clusters can share one Redis (see [cluster]).",
@@ -267,11 +268,11 @@ pub struct Config {
     /// How long a cluster operation waits for Redis.
     pub cluster_timeout: Duration,
     /// Where routed events go.
-    pub worker_route: crate::worker::route::WorkerRoute,
+    pub worker_route: route::WorkerRoute,
     /// Message types routed by `worker_route`.
-    pub worker_types: crate::worker::route::TypeSet,
+    pub worker_types: route::TypeSet,
     /// Events routed by `worker_route`.
-    pub worker_events: crate::worker::route::EventSet,
+    pub worker_events: route::EventSet,
     /// Bound of the task queue, tasks.
     pub worker_queue_size: usize,
     /// Bound of a task's wait in the queue.
@@ -459,13 +460,13 @@ impl Config {
     /// a path segment (what the original server did).
     pub fn forward_url_for(&self, message_type: u16) -> Option<String> {
         let template = self.forward_url.as_deref()?;
-        Some(if template.contains("{message_type}") {
-            template.replace("{message_type}", &message_type.to_string())
-        } else if template.ends_with('/') {
-            format!("{template}{message_type}/")
-        } else {
-            format!("{template}/{message_type}/")
-        })
+        if template.contains("{message_type}") {
+            return Some(template.replace("{message_type}", &message_type.to_string()));
+        }
+        // The type is a path segment: before the query or fragment, if any.
+        let (path, rest) = template.split_at(template.find(['?', '#']).unwrap_or(template.len()));
+        let slash = if path.ends_with('/') { "" } else { "/" };
+        Some(format!("{path}{slash}{message_type}/{rest}"))
     }
 }
 
@@ -546,5 +547,12 @@ mod tests {
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/rainbow/message/7/?x=1");
         let c = config(&[("forward_url", "http://b/msg")]).unwrap();
         assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/");
+        // Found while writing docs/protocol.md: the type went after the query.
+        let c = config(&[("forward_url", "http://b/msg?x=1")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1");
+        let c = config(&[("forward_url", "http://b/msg/?x=1&y=2")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/?x=1&y=2");
+        let c = config(&[("forward_url", "http://b/msg#top")]).unwrap();
+        assert_eq!(c.forward_url_for(7).unwrap(), "http://b/msg/7/#top");
     }
 }

@@ -22,18 +22,26 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use rainbow_protocol::{Qos, Send};
+use rainbow_protocol::{Qos, SendPacket};
 
 use super::delivery::Publication;
 use super::identity::Identity;
 use crate::metrics::DisconnectReason;
 
 /// Something to write to the client.
+///
+/// Two kinds share the outbox, in order: **pushes**, the backend's messages
+/// ([`Outgoing::Push`], [`Outgoing::Publish`]), and **answers**, everything
+/// the protocol owes the client (the answer to its own message, REL, COM,
+/// retransmissions, pings). While a qos 1/2 push waits for a free
+/// `max_in_flight` slot, pushes behind it wait too (their order holds), but
+/// answers are taken past them: a client is never kept waiting for the reply
+/// to its own message by pushes it has not acknowledged yet.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// An encoded packet that needs no QoS state (a qos-0 SEND).
-    Frame(Bytes),
-    /// A qos 1/2 SEND: the driver allocates its id and tracks the answer.
+    /// A qos-0 push, encoded (it needs no QoS state).
+    Push(Bytes),
+    /// A qos 1/2 push: the driver allocates its id and tracks the answer.
     Publish(Arc<Publication>),
     /// A forward finished: answer the client's SEND (`reply: None` = failed).
     Forwarded {
@@ -44,8 +52,18 @@ pub enum Outgoing {
         /// The backend's reply, or `None` when forwarding failed.
         reply: Option<Bytes>,
     },
+    /// An encoded protocol answer: REL, COM, a repeated REC, a retransmitted
+    /// SEND.
+    Control(Bytes),
     /// A liveness ping.
     Ping,
+}
+
+impl Outgoing {
+    /// Whether this is one of the backend's pushes (see [`Outgoing`]).
+    pub fn is_push(&self) -> bool {
+        matches!(self, Outgoing::Push(_) | Outgoing::Publish(_))
+    }
 }
 
 /// Why and how the gateway ends a connection.
@@ -101,25 +119,46 @@ pub enum PushError {
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Outgoing>,
+    /// How many of `queue` are pushes: only those count against the bound.
+    pushes: u32,
     /// Boxed: rare, and 32 bytes inline.
     close: Option<Box<CloseOrder>>,
     /// The driver has exited; nothing will be written any more.
     finished: bool,
 }
 
-/// The forward queue: client SENDs waiting for the backend, in order.
+/// The forward queue: client SENDs waiting for the backend, in order, and
+/// the bookkeeping of the drains working it (`transport::forward`).
 #[derive(Debug, Default)]
-pub struct ForwardQueue {
-    /// Messages not yet picked up by a forward task.
-    pub queue: VecDeque<Send>,
-    /// Forward tasks running for this connection (`u32` keeps the struct
-    /// as small as with `active` alone).
-    pub active: u32,
+struct ForwardQueue {
+    /// Messages not yet picked up by a drain.
+    queue: VecDeque<SendPacket>,
+    /// Drains running for this connection (`u32` keeps the struct as small
+    /// as with this count alone).
+    active: u32,
     /// The driver found the queue full and stopped reading the socket: the
-    /// forward task that next takes a message must wake it. Without this
-    /// flag every message taken would wake the driver, for nothing but in
-    /// the rare case of backpressure.
-    pub reader_paused: bool,
+    /// drain that next takes a message must wake it. Without this flag every
+    /// message taken would wake the driver, for nothing but in the rare case
+    /// of backpressure.
+    reader_paused: bool,
+    /// Someone waits in [`Connection::forwards_done`] for the last drain to
+    /// end.
+    done_waited: bool,
+}
+
+/// What a drain takes from the forward queue next.
+#[derive(Debug)]
+pub enum NextForward {
+    /// A message to forward; `wake_reader` when the driver had stopped
+    /// reading for lack of room and must be told there is some now.
+    Message {
+        /// The message.
+        send: SendPacket,
+        /// Wake the driver (see [`NextForward::Message`]).
+        wake_reader: bool,
+    },
+    /// Nothing left: this drain has ended (and was counted out).
+    Done,
 }
 
 /// One client connection, as shared with the hub and the API.
@@ -141,6 +180,13 @@ pub struct Connection {
     last_seen: AtomicU32,
     /// Coarse clock second a ping was sent, 0 when none is outstanding.
     ping_sent: AtomicU32,
+    /// The hub let go of this connection: it can never be subscribed again.
+    /// Written under the hub's channel lock.
+    gone: AtomicBool,
+    /// The driver stopped reading (the forward queue is full): the client's
+    /// pongs cannot be seen, so liveness is not judged meanwhile. Mirrors
+    /// `ForwardQueue::reader_paused`, for the sweep, which takes no lock.
+    reading_paused: AtomicBool,
 }
 
 /// Locks a mutex, recovering from poisoning: every critical section here
@@ -171,6 +217,8 @@ impl Connection {
             woken: AtomicBool::new(false),
             last_seen: AtomicU32::new(now),
             ping_sent: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
+            reading_paused: AtomicBool::new(false),
         }
     }
 
@@ -199,6 +247,17 @@ impl Connection {
         *lock(&self.cookie) = if cookie.is_empty() { None } else { Some(Arc::from(cookie)) };
     }
 
+    /// Whether the hub has let go of this connection (see [`super::Hub::unregister`]).
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection let go of; only the hub calls this, under its
+    /// channel lock.
+    pub(super) fn set_gone(&self) {
+        self.gone.store(true, Ordering::Release);
+    }
+
     /// The channels this connection is subscribed to. Only the hub mutates
     /// this list, under its channel lock.
     pub(super) fn channels(&self) -> MutexGuard<'_, Vec<Arc<str>>> {
@@ -218,20 +277,23 @@ impl Connection {
         if outbox.close.is_some() || outbox.finished {
             return Err(PushError::Closed);
         }
-        if outbox.queue.len() >= self.capacity as usize {
+        if outbox.pushes >= self.capacity {
             outbox.close = Some(Box::new(CloseOrder::SLOW_CONSUMER));
             drop(outbox);
             self.wake();
             return Err(PushError::Full);
         }
+        debug_assert!(item.is_push());
+        outbox.pushes += 1;
         outbox.queue.push_back(item);
         drop(outbox);
         self.wake();
         Ok(())
     }
 
-    /// Queues an answer to the client's own message. Not subject to the
-    /// outbox bound: the forward queue already bounds how many can exist.
+    /// Queues an answer (see [`Outgoing`]). Not subject to the outbox
+    /// bound: the forward queue, the qos-2 window and the liveness sweep
+    /// already bound how many can exist.
     pub fn push_reply(&self, item: Outgoing) {
         if self.queue_reply(item) {
             self.wake();
@@ -245,6 +307,7 @@ impl Connection {
     }
 
     fn queue_reply(&self, item: Outgoing) -> bool {
+        debug_assert!(!item.is_push());
         let mut outbox = lock(&self.outbox);
         if outbox.finished {
             return false;
@@ -274,25 +337,41 @@ impl Connection {
         outbox.close.is_some() || outbox.finished
     }
 
-    /// Takes the next item to write.
-    pub fn pop(&self) -> Option<Outgoing> {
-        lock(&self.outbox).queue.pop_front()
+    /// Takes the next item to write: the oldest, or, when `pushes` is false
+    /// (a push waits for a free `max_in_flight` slot), the oldest answer.
+    pub fn pop(&self, pushes: bool) -> Option<Outgoing> {
+        let mut outbox = lock(&self.outbox);
+        if !pushes {
+            // Only while a push waits: at most `outbox_capacity` pushes to pass.
+            let at = outbox.queue.iter().position(|item| !item.is_push())?;
+            return outbox.queue.remove(at);
+        }
+        let item = outbox.queue.pop_front()?;
+        if item.is_push() {
+            outbox.pushes -= 1;
+        }
+        Some(item)
     }
 
-    /// Puts an item back at the front (the driver could not take it yet).
-    pub fn unpop(&self, item: Outgoing) {
-        lock(&self.outbox).queue.push_front(item);
+    /// Puts a push back at the front: it waits for a free slot, and keeps
+    /// its place before the pushes that came after it.
+    pub fn hold(&self, item: Outgoing) {
+        let mut outbox = lock(&self.outbox);
+        outbox.pushes += 1;
+        outbox.queue.push_front(item);
     }
 
-    /// Whether anything waits to be written.
-    pub fn has_outgoing(&self) -> bool {
-        !lock(&self.outbox).queue.is_empty()
+    /// Whether anything waits to be written ([`Connection::pop`]'s `pushes`).
+    pub fn has_outgoing(&self, pushes: bool) -> bool {
+        let outbox = lock(&self.outbox);
+        if pushes { !outbox.queue.is_empty() } else { outbox.queue.iter().any(|item| !item.is_push()) }
     }
 
     /// Marks the connection finished and returns what was never written.
     pub fn finish(&self) -> VecDeque<Outgoing> {
         let mut outbox = lock(&self.outbox);
         outbox.finished = true;
+        outbox.pushes = 0;
         std::mem::take(&mut outbox.queue)
     }
 
@@ -308,7 +387,7 @@ impl Connection {
     }
 
     /// Resolves as [`Connection::poll_woken`] does.
-    pub async fn notified(&self) {
+    async fn woken(&self) {
         std::future::poll_fn(|cx| self.poll_woken(cx)).await
     }
 
@@ -318,9 +397,73 @@ impl Connection {
         self.waker.wake();
     }
 
-    /// The forward queue.
-    pub fn forwards(&self) -> MutexGuard<'_, ForwardQueue> {
-        lock(&self.forwards)
+    /// Queues a client message for forwarding. Returns whether a new drain
+    /// must start (fewer than `concurrency` run); it is then counted in.
+    pub fn queue_forward(&self, send: SendPacket, concurrency: usize) -> bool {
+        let mut forwards = lock(&self.forwards);
+        forwards.queue.push_back(send);
+        let start = (forwards.active as usize) < concurrency;
+        if start {
+            forwards.active += 1;
+        }
+        start
+    }
+
+    /// The next message for a drain, or [`NextForward::Done`] (the drain is
+    /// then counted out, and a waiter of [`Connection::forwards_done`] woken
+    /// once none is left).
+    pub fn next_forward(&self) -> NextForward {
+        let mut forwards = lock(&self.forwards);
+        if let Some(send) = forwards.queue.pop_front() {
+            let wake_reader = std::mem::take(&mut forwards.reader_paused);
+            if wake_reader {
+                self.reading_paused.store(false, Ordering::Relaxed);
+            }
+            return NextForward::Message { send, wake_reader };
+        }
+        forwards.active -= 1;
+        let wake = forwards.active == 0 && std::mem::take(&mut forwards.done_waited);
+        drop(forwards);
+        if wake {
+            self.wake();
+        }
+        NextForward::Done
+    }
+
+    /// Whether the forward queue has room for another message (fewer than
+    /// `max` wait). When it has not, the reader counts as paused, so that the
+    /// drain that makes room wakes the driver; `paused` is called the first
+    /// time.
+    pub fn forward_room(&self, max: usize, paused: impl FnOnce()) -> bool {
+        let mut forwards = lock(&self.forwards);
+        let room = forwards.queue.len() < max;
+        if !room && !forwards.reader_paused {
+            forwards.reader_paused = true;
+            self.reading_paused.store(true, Ordering::Relaxed);
+            paused();
+        }
+        room
+    }
+
+    /// Drops the messages not yet forwarded (the connection has ended).
+    pub fn clear_forwards(&self) {
+        lock(&self.forwards).queue.clear();
+    }
+
+    /// Resolves when no drain of this connection runs any more. Only the
+    /// connection's own task may wait (it shares the driver's wake-up, and
+    /// the driver has ended by then).
+    pub async fn forwards_done(&self) {
+        loop {
+            {
+                let mut forwards = lock(&self.forwards);
+                if forwards.active == 0 {
+                    return;
+                }
+                forwards.done_waited = true;
+            }
+            self.woken().await;
+        }
     }
 
     /// Records client activity at coarse second `now`.
@@ -334,6 +477,12 @@ impl Connection {
     /// `pong_within` seconds. Run by the hub's sweeper, not by a timer per
     /// connection.
     pub fn check_liveness(&self, now: u32, ping_after: u32, pong_within: u32) {
+        if self.reading_paused.load(Ordering::Relaxed) {
+            // Our own backpressure: the client may be answering pings we do
+            // not read. It counts as active until reading resumes.
+            self.touch(now);
+            return;
+        }
         let ping_sent = self.ping_sent.load(Ordering::Relaxed);
         if ping_sent != 0 {
             if now.saturating_sub(ping_sent) >= pong_within {

@@ -1,13 +1,15 @@
 //! Delivery of one backend `/send/` at qos 1/2 to many connections, and the
-//! aggregation of their answers (spec §8).
+//! aggregation of their answers (docs/protocol.md §8).
 //!
 //! A [`Publication`] is shared by every receiver's outbox; each receiver
-//! settles it exactly once: answered (ACK/REC with its reply), or failed
-//! (connection gone, outbox full, deadline passed). The API handler awaits
+//! settles it exactly once: answered (ACK/REC with its reply), failed
+//! (connection gone, outbox full), or expired (the deadline passed with the
+//! receiver still silent, which makes the aggregate incomplete, as if the
+//! API call's own deadline had come first). The API handler awaits
 //! [`Tracker::wait`] until all have settled or the deadline passes.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,6 +36,8 @@ pub struct Publication {
 pub struct Tracker {
     pending: AtomicUsize,
     answered: AtomicUsize,
+    /// A receiver was still silent at the deadline.
+    expired: AtomicBool,
     reply: Mutex<Option<Bytes>>,
     done: Notify,
 }
@@ -55,6 +59,7 @@ impl Tracker {
         Tracker {
             pending: AtomicUsize::new(receivers),
             answered: AtomicUsize::new(0),
+            expired: AtomicBool::new(false),
             reply: Mutex::new(None),
             done: Notify::new(),
         }
@@ -77,6 +82,14 @@ impl Tracker {
         self.settle();
     }
 
+    /// One receiver was still silent when the deadline passed. Whichever
+    /// notices the deadline first (this receiver's connection or the
+    /// waiting call), the aggregate is the same: not complete.
+    pub fn expired(&self) {
+        self.expired.store(true, Ordering::Release);
+        self.settle();
+    }
+
     fn settle(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_one();
@@ -85,8 +98,9 @@ impl Tracker {
 
     /// Waits until every receiver settled or `deadline` passes.
     pub async fn wait(&self, deadline: Instant) -> Aggregate {
-        let complete = self.pending.load(Ordering::Acquire) == 0
+        let settled = self.pending.load(Ordering::Acquire) == 0
             || tokio::time::timeout_at(deadline.into(), self.done.notified()).await.is_ok();
+        let complete = settled && !self.expired.load(Ordering::Acquire);
         Aggregate {
             answered: self.answered.load(Ordering::Acquire),
             reply: self.reply.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -108,6 +122,17 @@ mod tests {
         t.failed();
         let a = t.wait(Instant::now() + Duration::from_secs(1)).await;
         assert_eq!(a, Aggregate { answered: 2, reply: Some(Bytes::from_static(b"first")), complete: true });
+    }
+
+    /// Found while writing docs/protocol.md: a silent receiver's connection
+    /// giving up at the deadline raced the API call's own timeout, and won
+    /// half of the time, answering `connections: 0` instead of `timeout`.
+    #[tokio::test]
+    async fn a_receiver_silent_until_the_deadline_makes_it_incomplete() {
+        let t = Tracker::new(1);
+        t.expired();
+        let a = t.wait(Instant::now() + Duration::from_secs(1)).await;
+        assert_eq!(a, Aggregate { answered: 0, reply: None, complete: false });
     }
 
     #[tokio::test]

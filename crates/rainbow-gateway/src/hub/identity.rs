@@ -1,4 +1,4 @@
-//! Connection identities: 32 bytes, shown as 64 hex digits (spec §3).
+//! Connection identities: 32 bytes, shown as 64 hex digits (docs/protocol.md §3).
 //!
 //! The first 4 bytes are the tag of the node that holds the connection, the
 //! other 28 are random. The tag is the cluster's identity → node directory:

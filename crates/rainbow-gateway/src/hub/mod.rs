@@ -29,10 +29,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rainbow_protocol::{Packet, Qos, Send};
+use rainbow_protocol::{Packet, Qos, SendPacket};
 use thiserror::Error;
 
-pub use connection::{CloseOrder, Connection, Outgoing, PushError};
+pub use connection::{CloseOrder, Connection, NextForward, Outgoing, PushError};
 pub use delivery::{Aggregate, Publication, Tracker};
 pub use identity::Identity;
 
@@ -56,6 +56,9 @@ pub enum SubscribeError {
     /// The connection is at `max_channels_per_connection`.
     #[error("connection is already subscribed to {0} channels (max_channels_per_connection)")]
     TooMany(usize),
+    /// The connection has ended and left the hub.
+    #[error("the connection has ended")]
+    Gone,
 }
 
 type Subscribers = HashMap<Identity, Arc<Connection>>;
@@ -187,10 +190,14 @@ impl Hub {
         write(&self.connections).replace(ById(conn));
     }
 
-    /// Removes a connection and all of its subscriptions.
+    /// Removes a connection and all of its subscriptions, for good: whoever
+    /// still holds it (a forward answered late, a `/sub/` racing the close)
+    /// can never subscribe it again.
     pub fn unregister(&self, conn: &Connection) {
         write(&self.connections).remove(&conn.identity());
         let mut channels = write(&self.channels);
+        // Under the channel lock, which every subscription takes first.
+        conn.set_gone();
         for channel in conn.channels().drain(..) {
             if let Some(subs) = channels.get_mut(&channel) {
                 subs.remove(&conn.identity());
@@ -224,16 +231,35 @@ impl Hub {
 
     /// Subscribes `conn` to `channel` (idempotent).
     pub fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), SubscribeError> {
+        self.join(conn, channel, false)
+    }
+
+    /// Removes every other subscriber of `channel`, then subscribes `conn`,
+    /// in one step.
+    pub fn occupy(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), SubscribeError> {
+        self.join(conn, channel, true)
+    }
+
+    fn join(&self, conn: &Arc<Connection>, channel: &str, occupy: bool) -> Result<(), SubscribeError> {
         if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
             return Err(SubscribeError::InvalidChannel);
         }
         let mut channels = write(&self.channels);
-        let mut mine = conn.channels();
-        if mine.iter().any(|c| &**c == channel) {
-            return Ok(());
+        // Checked under the channel lock, which `unregister` takes too.
+        if conn.is_gone() {
+            return Err(SubscribeError::Gone);
         }
-        if mine.len() >= self.max_channels_per_connection {
+        let mine = conn.channels();
+        let subscribed = mine.iter().any(|c| &**c == channel);
+        if !subscribed && mine.len() >= self.max_channels_per_connection {
             return Err(SubscribeError::TooMany(mine.len()));
+        }
+        drop(mine);
+        if occupy {
+            self.evict_locked(&mut channels, channel, Some(conn.identity()));
+        }
+        if subscribed {
+            return Ok(());
         }
         // Share one allocation of the name between the map and the list.
         let name = match channels.get_key_value(channel) {
@@ -245,17 +271,8 @@ impl Hub {
             }
         };
         channels.entry(name.clone()).or_default().insert(conn.identity(), conn.clone());
-        mine.push(name);
+        conn.channels().push(name);
         Ok(())
-    }
-
-    /// Removes every other subscriber of `channel`, then subscribes `conn`.
-    pub fn occupy(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), SubscribeError> {
-        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
-            return Err(SubscribeError::InvalidChannel);
-        }
-        self.evict(channel, Some(conn.identity()));
-        self.subscribe(conn, channel)
     }
 
     /// Unsubscribes `conn` from `channel` (a no-op when not subscribed).
@@ -275,7 +292,15 @@ impl Hub {
     /// Removes every local subscriber of `channel` except `keep` (the rest of
     /// a cluster-wide occupy). Returns how many were removed.
     pub fn evict(&self, channel: &str, keep: Option<Identity>) -> usize {
-        let mut channels = write(&self.channels);
+        self.evict_locked(&mut write(&self.channels), channel, keep)
+    }
+
+    fn evict_locked(
+        &self,
+        channels: &mut HashMap<Arc<str>, Subscribers>,
+        channel: &str,
+        keep: Option<Identity>,
+    ) -> usize {
         let Some(subs) = channels.get_mut(channel) else { return 0 };
         let before = subs.len();
         subs.retain(|identity, other| {
@@ -330,8 +355,8 @@ impl Hub {
         timeout: Duration,
     ) -> Delivered {
         if qos == Qos::AtMostOnce {
-            let frame = Packet::Send(Send { message_type, qos, id: 0, dup: false, payload }).encode();
-            let queued = receivers.iter().filter(|c| c.push(Outgoing::Frame(frame.clone())).is_ok()).count();
+            let frame = Packet::Send(SendPacket { message_type, qos, id: 0, dup: false, payload }).encode();
+            let queued = receivers.iter().filter(|c| c.push(Outgoing::Push(frame.clone())).is_ok()).count();
             return Delivered::Queued(queued);
         }
         let deadline = Instant::now() + timeout;
@@ -413,13 +438,28 @@ mod tests {
         assert!(hub.get(&a.identity()).is_none());
     }
 
+    /// Review bug 1: whoever still holds a connection that left the hub (a
+    /// late forward answer, a `/sub/` racing the close) cannot put it back
+    /// into a channel.
+    #[test]
+    fn a_connection_gone_from_the_hub_is_never_subscribed_again() {
+        let hub = Hub::new(8);
+        let a = conn();
+        hub.register(a.clone());
+        hub.unregister(&a);
+        assert_eq!(hub.subscribe(&a, "ghost"), Err(SubscribeError::Gone));
+        assert_eq!(hub.occupy(&a, "ghost"), Err(SubscribeError::Gone));
+        assert!(hub.channel_counts().is_empty());
+        assert_eq!(a.channel_count(), 0);
+    }
+
     #[tokio::test]
     async fn a_full_outbox_fails_the_receiver_and_orders_slow_consumer() {
         let hub = Hub::new(8);
         let a = conn();
         hub.subscribe(&a, "c").unwrap();
         for _ in 0..4 {
-            a.push(Outgoing::Ping).unwrap();
+            a.push(Outgoing::Push(Bytes::new())).unwrap();
         }
         let got = hub.publish("c", 1, Qos::AtLeastOnce, Bytes::new(), Duration::from_secs(5)).await;
         assert_eq!(got, Delivered::Answered(Aggregate { answered: 0, reply: None, complete: true }));

@@ -8,8 +8,8 @@
 //! here.
 //!
 //! The QoS state lives in the task as plain values (`Outbound` for our SENDs,
-//! `Inbound` for the client's), so no lock guards it, and only while qos 1/2
-//! exchanges are under way. What other tasks need to reach (outbox, forward
+//! `Inbound` for the client's, together the [`Exchanges`]), so no lock guards
+//! it, and only while qos 1/2 exchanges are under way. What other tasks need to reach (outbox, forward
 //! queue, cookie, channels) is in [`Connection`].
 //!
 //! Idle cost: the task's future is the connection's largest allocation, so
@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use futures_util::future::poll_fn;
 use rainbow_protocol::websocket::{FrameError, Message, OpCode};
-use rainbow_protocol::{Disposition, Inbound, InboundConfig, Outbound, OutboundConfig, Packet, Timeout};
+use rainbow_protocol::{Disposition, Inbound, InboundConfig, Outbound, OutboundConfig, Packet, Qos, Timeout};
 use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
@@ -82,7 +82,7 @@ pub fn drive<'a>(
         };
         // A call under way completes (and the next ones are dropped with
         // the queue): the backend may already be acting on it.
-        if let Some(drain) = driver.state.qos.as_mut().and_then(|q| q.forwarding.take()) {
+        if let Some(drain) = driver.state.exchanges.as_mut().and_then(|q| q.forwarding.take()) {
             gw.tasks.spawn(drain);
         }
         // Our close frame, or the echo of the client's: let it go out to
@@ -90,8 +90,8 @@ pub fn drive<'a>(
         if flush && driver.socket.queued() > 0 {
             let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, driver.socket.flush())).await;
         }
-        if let Some(qos) = driver.state.qos.as_mut() {
-            for publication in qos.outbound.drain() {
+        if let Some(exchanges) = driver.state.exchanges.as_mut() {
+            for publication in exchanges.outbound.drain() {
                 publication.tracker.failed();
             }
         }
@@ -110,9 +110,9 @@ pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
             p.tracker.failed();
         }
     }
-    conn.forwards().queue.clear();
+    conn.clear_forwards();
     info!(identity = %conn.identity(), peer = %conn.peer(), reason = reason.label(), "disconnected");
-    crate::worker::route::close(gw, conn).await;
+    gw.backend.close(&gw.config(), conn).await;
 }
 
 /// A token bucket: `rate` messages per second, bursts of twice that.
@@ -145,10 +145,10 @@ impl RateLimit {
     }
 }
 
-/// The state of exchanges under way: the QoS state machines and the forward
-/// queue's inline drain. Allocated while a message is in flight either way
-/// (an idle connection holds none).
-struct Qos {
+/// The exchanges under way: the QoS state machines of both directions and
+/// the forward queue's inline drain. Allocated while a message is in flight
+/// either way (an idle connection holds none).
+struct Exchanges {
     /// Our SENDs to the client.
     outbound: Outbound<Arc<Publication>>,
     /// The client's SENDs.
@@ -158,15 +158,15 @@ struct Qos {
     forwarding: Option<forward::DrainFuture>,
 }
 
-impl Qos {
-    fn new(gw: &Gateway, last_id: u16) -> Box<Qos> {
+impl Exchanges {
+    fn new(gw: &Gateway, last_id: u16) -> Box<Exchanges> {
         let config = gw.config();
         let outbound = OutboundConfig {
             retransmit_interval: config.retransmit_interval,
             max_in_flight: config.max_in_flight,
             release_lifetime: config.retransmit_interval * 3,
         };
-        Box::new(Qos {
+        Box::new(Exchanges {
             outbound: Outbound::continuing(outbound, last_id),
             inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
             forwarding: None,
@@ -200,8 +200,8 @@ enum Ending {
 struct State<'a> {
     gw: &'a Arc<Gateway>,
     conn: &'a Arc<Connection>,
-    qos: Option<Box<Qos>>,
-    /// The last message id of a dropped `Qos`, where the next one continues.
+    exchanges: Option<Box<Exchanges>>,
+    /// The last message id of dropped `Exchanges`, where the next continue.
     last_id: u16,
     rate: RateLimit,
     /// `u32`, not `usize`: this struct is in every connection's task.
@@ -225,10 +225,10 @@ impl Driver<'_> {
             if let Some(order) = state.conn.close_order() {
                 return Poll::Ready(Ending::Ordered(order));
             }
-            if state.qos.as_ref().is_some_and(|q| q.is_idle()) {
-                state.last_id = state.qos.take().map_or(0, |q| q.outbound.last_id());
+            if state.exchanges.as_ref().is_some_and(|q| q.is_idle()) {
+                state.last_id = state.exchanges.take().map_or(0, |q| q.outbound.last_id());
             }
-            let deadline = state.qos.as_ref().and_then(|q| q.outbound.next_deadline());
+            let deadline = state.exchanges.as_ref().and_then(|q| q.outbound.next_deadline());
             match (deadline, self.timer.as_mut()) {
                 (None, _) => self.timer = None,
                 (Some(at), Some(t)) => t.as_mut().reset(at.into()),
@@ -257,7 +257,7 @@ impl Driver<'_> {
             {
                 state.on_timer();
                 Turn::Continue
-            } else if !state.stalled && socket.queued() < WRITE_HIGH && state.conn.has_outgoing() {
+            } else if socket.queued() < WRITE_HIGH && state.conn.has_outgoing(!state.stalled) {
                 state.produce(socket)
             } else {
                 return Poll::Pending;
@@ -275,7 +275,7 @@ impl<'a> State<'a> {
         State {
             gw,
             conn,
-            qos: None,
+            exchanges: None,
             last_id: 0,
             rate: RateLimit::new(config.max_message_rate),
             max_pending_forwards: u32::try_from(config.max_pending_forwards).unwrap_or(u32::MAX),
@@ -284,33 +284,30 @@ impl<'a> State<'a> {
         }
     }
 
-    /// The QoS state, allocated if there was none.
-    fn qos(&mut self) -> &mut Qos {
+    /// The exchanges' state, allocated if there was none.
+    fn exchanges(&mut self) -> &mut Exchanges {
         let (gw, last_id) = (self.gw, self.last_id);
-        self.qos.get_or_insert_with(|| Qos::new(gw, last_id))
+        self.exchanges.get_or_insert_with(|| Exchanges::new(gw, last_id))
     }
 
     /// Whether to take client messages: not while the forward queue is full
     /// (backpressure). A full queue marks the reader paused, so that the
     /// forward task that makes room wakes this driver.
     fn may_read(&self) -> bool {
-        let mut forwards = self.conn.forwards();
-        let room = forwards.queue.len() < self.max_pending_forwards as usize;
-        if !room && !forwards.reader_paused {
-            forwards.reader_paused = true;
-            self.gw.metrics.forward_queue_full.inc();
-        }
-        room
+        let metrics = &self.gw.metrics;
+        self.conn.forward_room(self.max_pending_forwards as usize, || {
+            metrics.forward_queue_full.inc();
+        })
     }
 
     /// Polls the inline drain, if any. `true` if the loop must turn again:
     /// the drain is done (its replies are in the outbox), or it took a
     /// message from a full queue, so reading may resume.
     fn poll_forwarding(&mut self, cx: &mut Context<'_>, reading: bool) -> bool {
-        let Some(qos) = self.qos.as_mut() else { return false };
-        let Some(drain) = qos.forwarding.as_mut() else { return false };
+        let Some(exchanges) = self.exchanges.as_mut() else { return false };
+        let Some(drain) = exchanges.forwarding.as_mut() else { return false };
         if drain.as_mut().poll(cx).is_ready() {
-            qos.forwarding = None;
+            exchanges.forwarding = None;
             return true;
         }
         !reading && self.may_read()
@@ -338,10 +335,11 @@ impl<'a> State<'a> {
     }
 
     /// Takes outbox items into the socket's buffer (up to [`WRITE_HIGH`])
-    /// and writes what the socket takes now.
+    /// and writes what the socket takes now. While a push waits for a free
+    /// `max_in_flight` slot, only answers are taken (see `Outgoing`).
     fn produce(&mut self, socket: &mut Socket) -> Turn {
-        while !self.stalled && socket.queued() < WRITE_HIGH {
-            let Some(item) = self.conn.pop() else { break };
+        while socket.queued() < WRITE_HIGH {
+            let Some(item) = self.conn.pop(!self.stalled) else { break };
             self.write_item(item, socket);
         }
         match socket.try_flush() {
@@ -353,23 +351,22 @@ impl<'a> State<'a> {
     /// Encodes one outbox item into the socket's buffer.
     fn write_item(&mut self, item: Outgoing, socket: &mut Socket) {
         match item {
-            Outgoing::Frame(frame) => {
-                // Count SENDs (command 1) by the qos bits of byte 0.
-                if let Some(&first) = frame.first().filter(|b| **b >> 4 == 1) {
-                    self.gw.metrics.messages_out.0[usize::from((first >> 1) & 0b11).min(2)].inc();
-                }
+            Outgoing::Push(frame) => {
+                self.gw.metrics.messages_out.0[usize::from(Qos::AtMostOnce.as_u8())].inc();
                 socket.queue(OpCode::Binary, &frame);
             }
+            Outgoing::Control(frame) => socket.queue(OpCode::Binary, &frame),
             Outgoing::Publish(publication) => {
                 let now = Instant::now();
                 if publication.deadline <= now {
-                    publication.tracker.failed();
+                    publication.tracker.expired();
                     return;
                 }
-                let outbound = &mut self.qos().outbound;
+                let outbound = &mut self.exchanges().outbound;
                 if !outbound.has_capacity() {
+                    // It keeps its place; answers behind it may still go.
                     self.stalled = true;
-                    self.conn.unpop(Outgoing::Publish(publication));
+                    self.conn.hold(Outgoing::Publish(publication));
                     return;
                 }
                 let p = &publication;
@@ -384,11 +381,11 @@ impl<'a> State<'a> {
                 }
             }
             Outgoing::Forwarded { id, qos, reply: Some(reply) } => {
-                if let Some(packet) = self.qos().inbound.answer(id, qos, reply) {
+                if let Some(packet) = self.exchanges().inbound.answer(id, qos, reply) {
                     socket.queue(OpCode::Binary, &packet.encode());
                 }
             }
-            Outgoing::Forwarded { id, qos, reply: None } => self.qos().inbound.failed(id, qos),
+            Outgoing::Forwarded { id, qos, reply: None } => self.exchanges().inbound.failed(id, qos),
             Outgoing::Ping => socket.queue(OpCode::Ping, &[]),
         }
     }
@@ -450,17 +447,17 @@ impl<'a> State<'a> {
                     return Turn::Continue;
                 }
                 self.gw.metrics.messages_in.0[usize::from(send.qos.as_u8())].inc();
-                match self.qos().inbound.on_send(now, &send) {
+                match self.exchanges().inbound.on_send(now, &send) {
                     Ok(Disposition::Process) => {
                         let concurrency = self.forward_concurrency as usize;
                         if let Some(drain) = forward::enqueue(self.gw, self.conn, send, concurrency) {
-                            self.qos().forwarding = Some(drain);
+                            self.exchanges().forwarding = Some(drain);
                         }
                     }
                     Ok(Disposition::Duplicate(rec)) => {
                         self.gw.metrics.duplicates.inc();
                         if let Some(rec) = rec {
-                            self.conn.push_reply(Outgoing::Frame(rec.encode()));
+                            self.conn.push_reply(Outgoing::Control(rec.encode()));
                         }
                     }
                     Err(full) => {
@@ -471,24 +468,24 @@ impl<'a> State<'a> {
                 }
             }
             Packet::Ack(reply) => {
-                if let Some(answered) = self.qos().outbound.on_ack(reply.id, reply.payload) {
+                if let Some(answered) = self.exchanges().outbound.on_ack(reply.id, reply.payload) {
                     answered.tag.tracker.answered(answered.payload);
                     self.stalled = false;
                 }
             }
             Packet::Rec(reply) => {
-                let (answered, rel) = self.qos().outbound.on_rec(now, reply.id, reply.payload);
+                let (answered, rel) = self.exchanges().outbound.on_rec(now, reply.id, reply.payload);
                 if let Some(answered) = answered {
                     answered.tag.tracker.answered(answered.payload);
                 }
-                self.conn.push_reply(Outgoing::Frame(rel.encode()));
+                self.conn.push_reply(Outgoing::Control(rel.encode()));
             }
             Packet::Rel(id) => {
-                let com = self.qos().inbound.on_rel(id);
-                self.conn.push_reply(Outgoing::Frame(com.encode()));
+                let com = self.exchanges().inbound.on_rel(id);
+                self.conn.push_reply(Outgoing::Control(com.encode()));
             }
             Packet::Com(id) => {
-                self.qos().outbound.on_com(id);
+                self.exchanges().outbound.on_com(id);
                 self.stalled = false;
             }
         }
@@ -497,13 +494,13 @@ impl<'a> State<'a> {
 
     fn on_timer(&mut self) {
         let (gw, conn) = (self.gw, self.conn);
-        let Some(qos) = self.qos.as_mut() else { return };
-        qos.outbound.on_timeout(Instant::now(), |timeout| match timeout {
+        let Some(exchanges) = self.exchanges.as_mut() else { return };
+        exchanges.outbound.on_timeout(Instant::now(), |timeout| match timeout {
             Timeout::Retransmit(packet) => {
                 gw.metrics.retransmits.inc();
-                conn.push_reply(Outgoing::Frame(packet.encode()));
+                conn.push_reply(Outgoing::Control(packet.encode()));
             }
-            Timeout::Expired(publication) => publication.tracker.failed(),
+            Timeout::Expired(publication) => publication.tracker.expired(),
         });
         self.stalled = false;
     }

@@ -1,4 +1,4 @@
-//! Carrying client messages to the backend's forward hook (spec §4).
+//! Carrying client messages to the backend's forward hook (docs/protocol.md §4).
 //!
 //! Each connection has an ordered queue of messages to forward (in
 //! `Connection`) and at most `forward_concurrency` drains working it; with
@@ -21,10 +21,10 @@
 
 use std::sync::Arc;
 
-use rainbow_protocol::Send;
+use rainbow_protocol::SendPacket;
 use tracing::warn;
 
-use crate::hub::{Connection, Outgoing};
+use crate::hub::{Connection, NextForward, Outgoing};
 use crate::state::Gateway;
 
 /// A drain of a connection's forward queue.
@@ -43,17 +43,8 @@ pub enum Drain {
 /// Queues a client message for forwarding. If fewer than `concurrency`
 /// drains run, starts one: spawned, or (with `concurrency` 1) returned for
 /// the driver to poll.
-pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: Send, concurrency: usize) -> Option<DrainFuture> {
-    let start = {
-        let mut forwards = conn.forwards();
-        forwards.queue.push_back(send);
-        let start = (forwards.active as usize) < concurrency;
-        if start {
-            forwards.active += 1;
-        }
-        start
-    };
-    if !start {
+pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: SendPacket, concurrency: usize) -> Option<DrainFuture> {
+    if !conn.queue_forward(send, concurrency) {
         return None;
     }
     if concurrency == 1 {
@@ -64,18 +55,8 @@ pub fn enqueue(gw: &Arc<Gateway>, conn: &Arc<Connection>, send: Send, concurrenc
 }
 
 async fn drain(gw: Arc<Gateway>, conn: Arc<Connection>, mode: Drain) {
-    loop {
-        let (send, reader_paused) = {
-            let mut forwards = conn.forwards();
-            match forwards.queue.pop_front() {
-                Some(send) => (send, std::mem::take(&mut forwards.reader_paused)),
-                None => {
-                    forwards.active -= 1;
-                    return;
-                }
-            }
-        };
-        if reader_paused && mode == Drain::Task {
+    while let NextForward::Message { send, wake_reader } = conn.next_forward() {
+        if wake_reader && mode == Drain::Task {
             // The queue has room again: the driver may resume reading. (An
             // inline drain's driver looks again after polling it.)
             conn.wake();
@@ -84,7 +65,7 @@ async fn drain(gw: Arc<Gateway>, conn: Arc<Connection>, mode: Drain) {
     }
 }
 
-async fn forward_one(gw: &Gateway, conn: &Arc<Connection>, send: Send, mode: Drain) {
+async fn forward_one(gw: &Gateway, conn: &Arc<Connection>, send: SendPacket, mode: Drain) {
     let permit = match gw.forward_slots.try_acquire() {
         Ok(permit) => permit,
         Err(_) => {
@@ -100,7 +81,7 @@ async fn forward_one(gw: &Gateway, conn: &Arc<Connection>, send: Send, mode: Dra
     };
     let config = gw.config();
     let cookie = conn.cookie();
-    let result = crate::worker::route::forward(gw, &config, conn.identity(), cookie.as_deref(), &send).await;
+    let result = gw.backend.forward(&config, conn.identity(), cookie.as_deref(), &send).await;
     drop(permit);
     let reply = match result {
         Ok((body, control)) => {

@@ -1,7 +1,8 @@
 //! Client transport: the WebSocket endpoint at `/connect/`.
 //!
 //! - this file: the HTTP handshake (device headers or params, admission
-//!   against `max_connections`, the connect hook, the 101 answer);
+//!   against `max_connections`, the connect hook, the 101 answer; the
+//!   WebSocket checks themselves are `crate::handshake`'s);
 //! - [`driver`]: the task that owns one upgraded socket and runs the QoS state
 //!   machines from `rainbow-protocol` for it;
 //! - [`socket`]: the WebSocket itself over the raw TCP stream, holding no
@@ -21,15 +22,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::backend::ConnectDecision;
+use crate::handshake::{self, NotWebSocket};
 use crate::hub::{Connection, coarse_now};
 use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
@@ -58,40 +59,6 @@ fn refuse(status: StatusCode, message: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-/// Why a request is not a WebSocket upgrade we accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NotWebSocket {
-    /// No `Connection: upgrade` and `Upgrade: websocket`.
-    NoUpgrade,
-    /// `Sec-WebSocket-Version` is missing or not 13.
-    Version,
-    /// No `Sec-WebSocket-Key`.
-    NoKey,
-}
-
-/// Checks the headers of a WebSocket (version 13) upgrade request, for
-/// clients and workers alike; returns the `Sec-WebSocket-Accept` value.
-pub(crate) fn upgrade_accept(headers: &HeaderMap) -> Result<String, NotWebSocket> {
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-    {
-        return Err(NotWebSocket::NoUpgrade);
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        return Err(NotWebSocket::Version);
-    }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(NotWebSocket::NoKey)?;
-    Ok(derive_accept_key(key.as_bytes()))
-}
-
 /// The device id and OS from headers (`X-DEVICEID`, also the original's
 /// `X_deviceid` spelling) or, for browsers, query parameters.
 fn device(headers: &HeaderMap, query: &[(String, String)]) -> Option<(String, String)> {
@@ -115,7 +82,7 @@ pub async fn connect(
 ) -> Response {
     let config = gw.config();
     let headers = request.headers();
-    let accept = match upgrade_accept(headers) {
+    let accept = match handshake::upgrade_accept(headers) {
         Ok(accept) => accept,
         Err(why) => {
             gw.metrics.connect("bad_request");
@@ -132,7 +99,7 @@ pub async fn connect(
             };
         }
     };
-    let query = crate::api::query_pairs(request.uri());
+    let query = handshake::query_pairs(request.uri());
     let Some((device_id, os)) = device(headers, &query) else {
         gw.metrics.connect("bad_request");
         // 401, as the original answered a handshake without device headers.
@@ -144,7 +111,7 @@ pub async fn connect(
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is at its connection limit; retry later\n");
     };
     let identity = gw.hub.mint_identity();
-    let control = match crate::worker::route::connect(&gw, &config, identity, peer, &query, headers).await {
+    let control = match gw.backend.connect(&config, identity, peer, &query, headers).await {
         ConnectDecision::Accept(control) => control,
         ConnectDecision::Deny => {
             gw.metrics.connect("denied");
@@ -161,17 +128,25 @@ pub async fn connect(
     let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
     let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
     driver::register(&gw, &conn, &control);
-    crate::cluster::subscribe_now(&gw, &control.subscribe).await;
+    // From here on the connection's task owns it: whatever happens to this
+    // handshake (the client may leave while the cluster subscribes), the
+    // task finishes the connection and runs its close hook.
+    let (subscribed, ready) = oneshot::channel();
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let upgrade = Box::new(Upgrade { on_upgrade, peer, device_id, os, max_message: config.max_message_size });
+    let upgrade = Box::new(Upgrade {
+        on_upgrade,
+        peer,
+        device_id,
+        os,
+        max_message: config.max_message_size,
+        subscribe: control.subscribe,
+        subscribed: Some(subscribed),
+    });
     gw.tasks.spawn(serve(gw.clone(), conn, admission, upgrade));
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "handshake error\n"))
+    // The hook's channels are active cluster-wide before the client hears
+    // it is connected, so a publish right after reaches it.
+    let _ = ready.await;
+    handshake::switching_protocols(accept)
 }
 
 /// What the connection task needs from the handshake, only until the
@@ -182,13 +157,22 @@ struct Upgrade {
     device_id: String,
     os: String,
     max_message: usize,
+    /// Channels the connect hook joined, to make active in the cluster.
+    subscribe: Vec<String>,
+    /// Told once they are (or the cluster gave up on them).
+    subscribed: Option<oneshot::Sender<()>>,
 }
 
 impl Upgrade {
     /// Waits for hyper to hand the connection over and takes its socket;
     /// `None` when that failed (the connection is then finished).
-    async fn complete(self: Box<Self>, gw: &Gateway, conn: &Connection) -> Option<socket::Socket> {
-        let Upgrade { on_upgrade, peer, device_id, os, max_message } = *self;
+    async fn complete(mut self: Box<Self>, gw: &Gateway, conn: &Connection) -> Option<socket::Socket> {
+        // Boxed: needed once, and the task would otherwise keep room for it.
+        Box::pin(gw.cluster.subscribe_now(&self.subscribe)).await;
+        if let Some(subscribed) = self.subscribed.take() {
+            let _ = subscribed.send(());
+        }
+        let Upgrade { on_upgrade, peer, device_id, os, max_message, .. } = *self;
         let identity = conn.identity();
         let reason = match on_upgrade.await {
             Ok(upgraded) => match socket::Socket::from_upgraded(upgraded, max_message) {
@@ -250,9 +234,18 @@ mod tests {
         let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
-        let mut request = Request::new(Body::empty());
+        let mut request = Request::new(axum::body::Body::empty());
         let on_upgrade = hyper::upgrade::on(&mut request);
-        let upgrade = Box::new(Upgrade { on_upgrade, peer, device_id: "d".into(), os: "o".into(), max_message: 1024 });
+        let (subscribed, _ready) = oneshot::channel();
+        let upgrade = Box::new(Upgrade {
+            on_upgrade,
+            peer,
+            device_id: "d".into(),
+            os: "o".into(),
+            max_message: 1024,
+            subscribe: Vec::new(),
+            subscribed: Some(subscribed),
+        });
         let task = serve(gw.clone(), conn, Admission(gw.clone()), upgrade);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 272, "the connection task's future grew to {size} bytes");

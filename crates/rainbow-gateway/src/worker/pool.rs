@@ -30,50 +30,37 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use rainbow_protocol::worker::{MAX_CREDITS, ReplyFields, TaskEvent};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::frame::{MAX_CREDITS, ReplyFields};
-use super::metrics::WorkerMetrics;
+use crate::metrics::WorkerMetrics;
 
 /// A task's id, unique in this gateway process; kept on redelivery.
 pub type TaskId = u64;
 /// A worker session's id, unique in this gateway process.
 pub type WorkerId = u64;
 
-/// What happened on the client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A client wants to connect.
-    Connect,
-    /// A client sent a message.
-    Message,
-    /// A client connection ended.
-    Close,
-}
-
-impl Kind {
-    /// The protocol's name, also a metrics label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Connect => "connect",
-            Kind::Message => "message",
-            Kind::Close => "close",
-        }
-    }
-}
+/// What happened on the client connection: the protocol's task kind.
+pub use rainbow_protocol::worker::TaskKind as Kind;
 
 /// A task's content: built once, sent again unchanged on redelivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
-    /// What happened.
-    pub kind: Kind,
-    /// Header fields besides `op`, `task`, `kind`, `key`, `attempt`
-    /// (`identity`, `type`, `qos`, `context`, `headers`, ...).
-    pub fields: Map<String, Value>,
+    /// The client connection's identity.
+    pub identity: String,
+    /// What happened, with the kind's fields (`type`, `qos`, `context`,
+    /// `headers`, ...).
+    pub event: TaskEvent,
     /// The client's payload (messages), else empty.
     pub body: Bytes,
+}
+
+impl TaskSpec {
+    /// What happened.
+    pub fn kind(&self) -> Kind {
+        self.event.kind()
+    }
 }
 
 /// One delivery of a task to a worker.
@@ -146,7 +133,7 @@ pub struct WorkerReply {
 }
 
 /// A task's outcome: the worker's reply, or why there is none.
-pub type Outcome = Result<WorkerReply, Failure>;
+pub type TaskResult = Result<WorkerReply, Failure>;
 
 /// Queue bounds, read from the live configuration at each submit.
 #[derive(Debug, Clone, Copy)]
@@ -204,7 +191,7 @@ struct Entry {
     deadline: Instant,
     place: Place,
     /// `None` once the caller stopped waiting (abandoned).
-    done: Option<oneshot::Sender<Outcome>>,
+    done: Option<oneshot::Sender<TaskResult>>,
 }
 
 #[derive(Debug)]
@@ -227,7 +214,7 @@ impl Slot {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct Dispatch {
     next_task: TaskId,
     next_worker: WorkerId,
     workers: BTreeMap<WorkerId, Slot>,
@@ -251,9 +238,13 @@ enum Check {
 /// The worker pool. One per gateway.
 #[derive(Debug)]
 pub struct Pool {
+    /// This node's tag, in hex (as `/serverinfo/` and the cluster show it).
     node: String,
+    /// Prefix of task keys: the node and a random part, so that keys stay
+    /// unique across restarts of the gateway (task ids start again at 1).
+    key_prefix: String,
     metrics: WorkerMetrics,
-    state: Mutex<State>,
+    state: Mutex<Dispatch>,
     closing: watch::Sender<bool>,
 }
 
@@ -261,13 +252,15 @@ pub struct Pool {
 pub const DELIVERY_CAPACITY: usize = MAX_CREDITS as usize;
 
 impl Pool {
-    /// An empty pool; `metrics` are updated as tasks move.
-    pub fn new(metrics: WorkerMetrics) -> Pool {
-        let node: String = rand::random::<[u8; 8]>().iter().map(|b| format!("{b:02x}")).collect();
-        Pool { node, metrics, state: Mutex::new(State::default()), closing: watch::channel(false).0 }
+    /// An empty pool of the node tagged `node_tag`; `metrics` are updated as
+    /// tasks move.
+    pub fn new(metrics: WorkerMetrics, node_tag: u32) -> Pool {
+        let node = format!("{node_tag:08x}");
+        let key_prefix = format!("{node}{:08x}", rand::random::<u32>());
+        Pool { node, key_prefix, metrics, state: Mutex::new(Dispatch::default()), closing: watch::channel(false).0 }
     }
 
-    /// This gateway process's id, sent in `welcome` and used in task keys.
+    /// This node's tag (a new random one at each start), sent in `welcome`.
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -277,7 +270,7 @@ impl Pool {
         &self.metrics
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Dispatch> {
         // Every critical section leaves the state consistent; a panic
         // elsewhere must not wedge dispatch.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -399,7 +392,7 @@ impl Pool {
 
     /// A worker answered `task`. Returns what the reply did, and whether the
     /// worker is draining and now holds nothing (`drained` is due).
-    pub fn reply(&self, worker: WorkerId, task: TaskId, outcome: Outcome) -> (ReplyResult, bool) {
+    pub fn reply(&self, worker: WorkerId, task: TaskId, outcome: TaskResult) -> (ReplyResult, bool) {
         let mut s = self.lock();
         let held = s.workers.get_mut(&worker).is_some_and(|slot| slot.held.remove(&task));
         if !held {
@@ -435,7 +428,7 @@ impl Pool {
             return Err(Failure::Shutdown);
         }
         if s.queue.len() >= limits.queue_size && (!s.queue.is_empty() || pick(&s.workers).is_none()) {
-            self.metrics.dropped(spec.kind, "queue_full");
+            self.metrics.dropped(spec.kind(), "queue_full");
             return Err(Failure::QueueFull(limits.queue_size));
         }
         s.next_task += 1;
@@ -443,8 +436,8 @@ impl Pool {
         let deadline = now + timeout;
         let expires = (now + limits.queue_timeout).min(deadline);
         let (done, rx) = oneshot::channel();
-        let key: Arc<str> = Arc::from(format!("{}-{id}", self.node));
-        let kind = spec.kind;
+        let key: Arc<str> = Arc::from(format!("{}-{id}", self.key_prefix));
+        let kind = spec.kind();
         let entry = Entry {
             spec: Arc::new(spec),
             key,
@@ -468,7 +461,7 @@ impl Pool {
     }
 
     /// Moves queued tasks to free workers, front first.
-    fn pump(&self, s: &mut State) {
+    fn pump(&self, s: &mut Dispatch) {
         while let Some(&task) = s.queue.front() {
             let Some(worker) = pick(&s.workers) else { return };
             s.queue.pop_front();
@@ -493,7 +486,7 @@ impl Pool {
         }
     }
 
-    fn gauges(&self, s: &State) {
+    fn gauges(&self, s: &Dispatch) {
         self.metrics.workers.set(s.workers.len() as i64);
         self.metrics.queued.set(s.queue.len() as i64);
         self.metrics.in_flight.set(s.in_flight as i64);
@@ -510,7 +503,7 @@ impl Pool {
             Place::Queued { expires } if now < expires => Check::Wait(expires),
             Place::Queued { .. } => {
                 let failure = Failure::QueueTimeout(now.saturating_duration_since(entry.created));
-                let kind = entry.spec.kind;
+                let kind = entry.spec.kind();
                 s.tasks.remove(&id);
                 s.queue.retain(|t| *t != id);
                 self.metrics.dropped(kind, "queue_timeout");
@@ -522,7 +515,7 @@ impl Pool {
                 // Abandon it: the worker keeps the credit until it answers.
                 entry.done = None;
                 let timeout = entry.timeout;
-                let kind = entry.spec.kind;
+                let kind = entry.spec.kind();
                 let name = s.workers.get(&worker).map(|w| w.name.clone()).unwrap_or_else(|| Arc::from(""));
                 self.metrics.dropped(kind, "timeout");
                 Check::Failed(Failure::Timeout { worker: name, timeout })
@@ -563,7 +556,7 @@ fn pick(workers: &BTreeMap<WorkerId, Slot>) -> Option<WorkerId> {
 pub struct Pending<'a> {
     pool: &'a Pool,
     id: TaskId,
-    rx: oneshot::Receiver<Outcome>,
+    rx: oneshot::Receiver<TaskResult>,
     wake: Instant,
     finished: bool,
     started: Instant,
@@ -577,7 +570,7 @@ impl Pending<'_> {
     }
 
     /// Waits for the worker's answer, or the first timeout that applies.
-    pub async fn wait(mut self) -> Outcome {
+    pub async fn wait(mut self) -> TaskResult {
         let outcome = loop {
             match tokio::time::timeout_at(self.wake.into(), &mut self.rx).await {
                 Ok(Ok(outcome)) => break outcome,
@@ -613,13 +606,12 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(15);
 
     fn spec(n: u64) -> TaskSpec {
-        let mut fields = Map::new();
-        fields.insert("n".into(), n.into());
-        TaskSpec { kind: Kind::Message, fields, body: Bytes::new() }
+        let event = TaskEvent::Message { message_type: 1, qos: rainbow_protocol::Qos::AtMostOnce, context: None };
+        TaskSpec { identity: n.to_string(), event, body: Bytes::new() }
     }
 
     fn pool() -> Pool {
-        Pool::new(WorkerMetrics::default())
+        Pool::new(WorkerMetrics::default(), 0x0a0b0c0d)
     }
 
     fn attach(pool: &Pool, credits: u32) -> (WorkerId, mpsc::Receiver<Delivery>) {
@@ -630,10 +622,10 @@ mod tests {
     }
 
     fn n(d: &Delivery) -> u64 {
-        d.spec.fields["n"].as_u64().unwrap()
+        d.spec.identity.parse().unwrap()
     }
 
-    fn ok() -> Outcome {
+    fn ok() -> TaskResult {
         Ok(WorkerReply { worker: Arc::from("w"), fields: ReplyFields::default() })
     }
 

@@ -328,3 +328,53 @@ async fn redis_down_keeps_local_delivery_and_the_cluster_recovers_by_itself() {
     assert_eq!(answer, json!({"status": 0}));
     assert_eq!(nodes[1].nodes().await.len(), 3);
 }
+
+/// Review bug 2 (orphaned connection): the handshake awaits the Redis
+/// subscription of the connect hook's channel before answering 101. A
+/// client that leaves during that wait must still be finished: out of the
+/// hub, and its close hook run (the connect hook accepted it).
+#[tokio::test]
+async fn a_client_leaving_while_redis_is_slow_is_still_finished() {
+    let redis = Redis::start().await;
+    let backend = Backend::start().await;
+    backend.on_connect(Reply::ok(r#"{"status":"success"}"#).header("rainbowclientchannel", "slow"));
+    let node = Node::start(&redis, &cluster_name(), &backend).await;
+    // Redis stops answering for a while: the subscription waits for it.
+    redis_command(redis.port, &["CLIENT", "PAUSE", "1500", "ALL"]).await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let request = format!(
+        "GET /connect/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         X-DEVICEID: d\r\nX-CLIENT-OS: o\r\n\r\n",
+        node.port
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    backend.wait_calls("connect", 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    // Once Redis answers again, the connection is finished like any other.
+    backend.wait_calls("close", 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let health: Value = reqwest::get(format!("{}/healthz", node.base())).await.unwrap().json().await.unwrap();
+        if health["connections"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the connection stayed: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends one command to Redis and waits for its answer line.
+async fn redis_command(port: u16, args: &[&str]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"+OK"), "redis answered {:?}", String::from_utf8_lossy(&answer[..n]));
+}

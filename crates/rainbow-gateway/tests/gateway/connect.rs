@@ -1,4 +1,4 @@
-//! The connect hook (spec §3): accepted, denied, backend down, missing device.
+//! The connect hook (docs/protocol.md §3): accepted, denied, backend down, missing device.
 
 use rainbow_client::{ClientError, DeviceIn};
 

@@ -1,11 +1,11 @@
-//! Client → backend (spec §4, §5): forwards at qos 0/1/2 with replies, qos-2
+//! Client → backend (docs/protocol.md §4, §5): forwards at qos 0/1/2 with replies, qos-2
 //! dedup, cookies and channel headers, order, failures.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use rainbow_client::{Event, Qos};
-use rainbow_protocol::{Packet, Reply as PacketReply, Send};
+use rainbow_protocol::{Packet, Reply as PacketReply, SendPacket};
 use serde_json::json;
 
 use crate::harness::*;
@@ -45,14 +45,14 @@ async fn qos2_duplicate_before_rel_is_not_forwarded_again() {
     backend.on_forward(|_| Reply::ok("once").delay(Duration::from_millis(200)));
     let gw = TestGateway::start(&backend, &[]).await;
     let mut ws = raw_connect(&gw).await;
-    let send = Send { message_type: 3, qos: Qos::ExactlyOnce, id: 41, dup: false, payload: "x".into() };
+    let send = SendPacket { message_type: 3, qos: Qos::ExactlyOnce, id: 41, dup: false, payload: "x".into() };
     send_packet(&mut ws, Packet::Send(send.clone())).await;
     // A DUP while the first is still being forwarded: swallowed.
-    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send.clone() })).await;
+    send_packet(&mut ws, Packet::Send(SendPacket { dup: true, ..send.clone() })).await;
     let rec = PacketReply { id: 41, payload: "once".into() };
     assert_eq!(next_packet(&mut ws).await, Packet::Rec(rec.clone()));
     // A DUP after our REC (as if the REC was lost): the same REC again, no new forward.
-    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send.clone() })).await;
+    send_packet(&mut ws, Packet::Send(SendPacket { dup: true, ..send.clone() })).await;
     assert_eq!(next_packet(&mut ws).await, Packet::Rec(rec));
     send_packet(&mut ws, Packet::Rel(41)).await;
     assert_eq!(next_packet(&mut ws).await, Packet::Com(41));
@@ -70,12 +70,12 @@ async fn failed_forward_sends_nothing_and_a_qos2_retransmission_is_processed() {
     backend.on_forward(|call| if call.body.as_ref() == b"first" { Reply::ok("").status(500) } else { Reply::ok("ok") });
     let gw = TestGateway::start(&backend, &[]).await;
     let mut ws = raw_connect(&gw).await;
-    let send = Send { message_type: 3, qos: Qos::ExactlyOnce, id: 5, dup: false, payload: "first".into() };
+    let send = SendPacket { message_type: 3, qos: Qos::ExactlyOnce, id: 5, dup: false, payload: "first".into() };
     send_packet(&mut ws, Packet::Send(send.clone())).await;
     backend.wait_calls("forward", 1).await;
     assert_silent(&mut ws, Duration::from_millis(300)).await;
     // The client's retransmission is processed because the id was forgotten.
-    send_packet(&mut ws, Packet::Send(Send { dup: true, payload: "second".into(), ..send })).await;
+    send_packet(&mut ws, Packet::Send(SendPacket { dup: true, payload: "second".into(), ..send })).await;
     assert_eq!(next_packet(&mut ws).await, Packet::Rec(PacketReply { id: 5, payload: "ok".into() }));
     assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"http_error\"}").await, 1.0);
 }
@@ -151,7 +151,7 @@ async fn a_slow_backend_times_out_and_the_client_gets_no_reply() {
     let mut ws = raw_connect(&gw).await;
     send_packet(
         &mut ws,
-        Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
+        Packet::Send(SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
     )
     .await;
     assert_silent(&mut ws, Duration::from_millis(800)).await;
@@ -171,7 +171,13 @@ async fn a_full_forward_queue_pauses_reading_and_every_message_is_still_answered
         let payload = format!("m{id}");
         send_packet(
             &mut ws,
-            Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: payload.into() }),
+            Packet::Send(SendPacket {
+                message_type: 1,
+                qos: Qos::AtLeastOnce,
+                id,
+                dup: false,
+                payload: payload.into(),
+            }),
         )
         .await;
     }
@@ -192,15 +198,16 @@ async fn a_full_forward_queue_pauses_reading_and_every_message_is_still_answered
     assert!(gw.metric("rainbow_forward_queue_full_total").await >= 1.0, "the reader paused at least once");
 }
 
-#[tokio::test]
-async fn a_call_under_way_completes_after_the_client_leaves() {
-    let backend = Backend::start().await;
-    backend.on_forward(|_| Reply::ok("late").delay(Duration::from_millis(300)));
-    let gw = TestGateway::start(&backend, &[]).await;
+/// A qos-1 message whose forward the backend answers with `reply` after
+/// 300 ms; the client leaves meanwhile. Returns once the close hook ran and
+/// the call completed.
+async fn leave_during_a_forward(backend: &Backend, reply: Reply) -> TestGateway {
+    backend.on_forward(move |_| reply.clone().delay(Duration::from_millis(300)));
+    let gw = TestGateway::start(backend, &[]).await;
     let mut ws = raw_connect(&gw).await;
     send_packet(
         &mut ws,
-        Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
+        Packet::Send(SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "x".into() }),
     )
     .await;
     backend.wait_calls("forward", 1).await;
@@ -213,6 +220,13 @@ async fn a_call_under_way_completes_after_the_client_leaves() {
         assert!(tokio::time::Instant::now() < deadline, "the forward call was abandoned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    gw
+}
+
+#[tokio::test]
+async fn a_call_under_way_completes_after_the_client_leaves() {
+    let backend = Backend::start().await;
+    leave_during_a_forward(&backend, Reply::ok("late")).await;
 }
 
 #[tokio::test]
@@ -225,7 +239,13 @@ async fn forward_concurrency_above_one_calls_the_backend_in_parallel() {
         let payload = format!("m{id}");
         send_packet(
             &mut ws,
-            Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: payload.into() }),
+            Packet::Send(SendPacket {
+                message_type: 1,
+                qos: Qos::AtLeastOnce,
+                id,
+                dup: false,
+                payload: payload.into(),
+            }),
         )
         .await;
     }
@@ -245,4 +265,74 @@ async fn forward_concurrency_above_one_calls_the_backend_in_parallel() {
     }
     acked.sort_unstable();
     assert_eq!(acked, [1, 2, 3, 4]);
+}
+
+/// Review bug 1 (phantom subscriber): a forward answered after its client
+/// left carries `RAINBOWCLIENTCHANNEL`; the connection it names is gone and
+/// must not be subscribed (it would stay in the channel map for ever).
+#[tokio::test]
+async fn a_late_answer_does_not_subscribe_a_connection_that_is_gone() {
+    let backend = Backend::start().await;
+    let gw = leave_during_a_forward(&backend, Reply::ok("late").header("rainbowclientchannel", "ghost")).await;
+    gw.wait_connections(0).await;
+    let info: serde_json::Value = reqwest::get(gw.http("/serverinfo/?cluster=1")).await.unwrap().json().await.unwrap();
+    assert_eq!(info["nodes"][0]["channels"], json!({}), "{info}");
+    assert_eq!(info["nodes"][0]["connections"], 0);
+}
+
+/// A context (cookie) the backend set is sent back on the next calls byte
+/// for byte, non-ASCII (obs-text) included.
+#[tokio::test]
+async fn a_non_ascii_cookie_from_the_backend_goes_back_unchanged() {
+    let backend = Backend::start().await;
+    backend.on_forward(|_| Reply::ok("ok").header("rainbowclientcookie", "café=1"));
+    let gw = TestGateway::start(&backend, &[]).await;
+    let (client, _events) = rainbow_client::Client::connect(client_config(&gw)).await.unwrap();
+    client.send(1, "first", Qos::AtLeastOnce).await.unwrap();
+    client.send(1, "second", Qos::AtLeastOnce).await.unwrap();
+    let calls = backend.wait_calls("forward", 2).await;
+    assert_eq!(calls[1].headers.get("rainbowclientcookie").map(|v| v.as_bytes()), Some("café=1".as_bytes()));
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"ok\"}").await, 2.0);
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"unreachable\"}").await, 0.0);
+    client.close().await;
+    let close = &backend.wait_calls("close", 1).await[0];
+    assert_eq!(close.headers.get("rainbowclientcookie").map(|v| v.as_bytes()), Some("café=1".as_bytes()));
+}
+
+/// Found while writing docs/protocol.md: while the forward queue is full the
+/// gateway stops reading the client (backpressure), so it cannot see the
+/// client's pongs; it closed a live client with 1001 "ping timeout".
+#[tokio::test]
+async fn backpressure_does_not_count_against_the_clients_liveness() {
+    let backend = Backend::start().await;
+    backend.on_forward(|call| Reply::ok(&String::from_utf8_lossy(&call.body)).delay(Duration::from_millis(1500)));
+    let extra = [("ping_interval", "1s"), ("pong_timeout", "1s"), ("max_pending_forwards", "1")];
+    let gw = TestGateway::start(&backend, &extra).await;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(raw_connect(&gw).await);
+    for id in 1..=3u16 {
+        let send =
+            SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id, dup: false, payload: format!("m{id}").into() };
+        futures_util::SinkExt::send(
+            &mut sink,
+            tokio_tungstenite::tungstenite::Message::Binary(Packet::Send(send).encode()),
+        )
+        .await
+        .unwrap();
+    }
+    // Reading answers the gateway's pings; the answers come 1.5 s apart.
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while acked < 3 {
+        let message = tokio::time::timeout_at(deadline, stream.next()).await.expect("the ACKs did not all come");
+        match message {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                assert!(matches!(Packet::decode(b), Ok(Packet::Ack(_))));
+                acked += 1;
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => panic!("closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(gw.metric("rainbow_disconnects_total{reason=\"ping_timeout\"}").await, 0.0);
 }

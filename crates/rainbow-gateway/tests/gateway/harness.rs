@@ -125,7 +125,11 @@ async fn respond(reply: Reply) -> Response {
     }
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
-        response.headers_mut().append(HeaderName::from_static(name), HeaderValue::from_str(&value).unwrap());
+        // From bytes: a backend may send any header value HTTP allows,
+        // including non-ASCII (obs-text) bytes.
+        response
+            .headers_mut()
+            .append(HeaderName::from_static(name), HeaderValue::from_bytes(value.as_bytes()).unwrap());
     }
     response
 }
@@ -223,8 +227,26 @@ pub fn settings(backend: &Backend, extra: &[(&str, &str)]) -> Settings {
 
 impl TestGateway {
     pub async fn start(backend: &Backend, extra: &[(&str, &str)]) -> TestGateway {
+        TestGateway::start_with(backend, extra, None).await
+    }
+
+    /// A gateway whose `/updateconfig/` re-reads `reload()`'s settings.
+    pub async fn start_reloadable(
+        backend: &Backend,
+        extra: &[(&str, &str)],
+        reload: impl Fn() -> Settings + Send + Sync + 'static,
+    ) -> TestGateway {
+        let reloader: rainbow_gateway::state::Reloader = Box::new(move || Config::from_settings(&reload()));
+        TestGateway::start_with(backend, extra, Some(reloader)).await
+    }
+
+    async fn start_with(
+        backend: &Backend,
+        extra: &[(&str, &str)],
+        reloader: Option<rainbow_gateway::state::Reloader>,
+    ) -> TestGateway {
         let config = Config::from_settings(&settings(backend, extra)).unwrap();
-        let server = Server::bind(config, None).await.unwrap();
+        let server = Server::bind(config, reloader).await.unwrap();
         let addr = server.local_addr();
         let gw = server.gateway();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -206,3 +206,39 @@ async fn the_binary_serves_reloads_and_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(backend.calls("close").len(), 1);
 }
+
+/// Review bugs 3 and 4: after `/updateconfig/` the node still reports the
+/// port it is bound to (the swapped-in config had the configured one, here
+/// 0), and the cluster keys read only at start are reported as needing a
+/// restart instead of being silently ignored.
+#[tokio::test]
+async fn a_reload_keeps_the_bound_port_and_reports_the_cluster_keys() {
+    let backend = Backend::start().await;
+    let url = backend.url.clone();
+    let reloaded = move || {
+        let backend_url = url.clone();
+        let connect = format!("{backend_url}/connect/");
+        let forward = format!("{backend_url}/message/{{message_type}}/");
+        rainbow_gateway::Settings::from_pairs([
+            ("security_token", TOKEN),
+            ("connect_url", connect.as_str()),
+            ("forward_url", forward.as_str()),
+            ("bind", "127.0.0.1"),
+            ("http_port", "0"),
+            ("node_ttl", "30s"),
+            ("cluster_timeout", "4s"),
+        ])
+    };
+    let gw = TestGateway::start_reloadable(&backend, &[], reloaded).await;
+    let (status, answer) = gw.api("/updateconfig/", &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({"status": 0, "restart_required": ["node_ttl", "cluster_timeout"]}));
+    let info: serde_json::Value = reqwest::get(gw.http("/serverinfo/?cluster=1")).await.unwrap().json().await.unwrap();
+    assert_eq!(info["nodes"][0]["port"], gw.addr.port(), "{info}");
+    // The reloaded hooks are in force.
+    let (client, _events) = rainbow_client::Client::connect(client_config(&gw)).await.unwrap();
+    client.close().await;
+    gw.wait_connections(0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(backend.calls("close").is_empty(), "the reloaded config has no close_url");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use rainbow_client::Qos;
-use rainbow_protocol::{Packet, Send};
+use rainbow_protocol::{Packet, SendPacket};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -113,7 +113,7 @@ async fn a_client_over_the_message_rate_is_closed_with_1008() {
     let gw = TestGateway::start(&backend, &[("max_message_rate", "5")]).await;
     let mut ws = raw_connect(&gw).await;
     for _ in 0..20 {
-        let send = Send { message_type: 1, qos: Qos::AtMostOnce, id: 0, dup: false, payload: "spam".into() };
+        let send = SendPacket { message_type: 1, qos: Qos::AtMostOnce, id: 0, dup: false, payload: "spam".into() };
         if ws.send(Message::Binary(Packet::Send(send).encode())).await.is_err() {
             break;
         }
@@ -132,7 +132,7 @@ async fn too_many_unreleased_qos2_messages_close_with_1008() {
     for id in 1..=3 {
         send_packet(
             &mut ws,
-            Packet::Send(Send { message_type: 1, qos: Qos::ExactlyOnce, id, dup: false, payload: "x".into() }),
+            Packet::Send(SendPacket { message_type: 1, qos: Qos::ExactlyOnce, id, dup: false, payload: "x".into() }),
         )
         .await;
     }
@@ -209,7 +209,7 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
     use rainbow_protocol::websocket::OpCode;
     let backend = Backend::start().await;
     let gw = TestGateway::start(&backend, &[]).await;
-    let send = Send { message_type: 3, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "early".into() };
+    let send = SendPacket { message_type: 3, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "early".into() };
     let (mut stream, got) = raw_handshake(&gw, &masked(OpCode::Binary, &Packet::Send(send).encode())).await;
     // The SEND that hyper read along with the request is forwarded and
     // answered.

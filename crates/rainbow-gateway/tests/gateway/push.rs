@@ -1,4 +1,4 @@
-//! The backend API (spec §8): /send/ at qos 0/1/2 with aggregation, DUP
+//! The backend API (docs/protocol.md §8): /send/ at qos 0/1/2 with aggregation, DUP
 //! retransmits and the timeout answer; /sub/, /unsub/, occupy; signatures.
 
 use std::time::Duration;
@@ -223,4 +223,53 @@ impl PeerApi {
             reqwest::Client::new().post(format!("http://{}/send/?{query}", self.0)).body(body).send().await.unwrap();
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
     }
+}
+
+/// Review bug 5: a push waiting for a free `max_in_flight` slot must not hold
+/// back the answers to the client's own messages (they waited until the
+/// push's deadline).
+#[tokio::test]
+async fn answers_are_not_held_behind_a_push_waiting_for_the_window() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[("max_in_flight", "1"), ("retransmit_interval", "10s")]).await;
+    let mut ws = raw_connect(&gw).await;
+    let identity = backend.wait_calls("connect", 1).await[0].identity();
+    let (_, answer) = gw.api("/sub/", &[], json!({"identity": identity, "channel": "c"}).to_string()).await;
+    assert_eq!(answer, json!({"status": 0}));
+    // Two qos-1 pushes: the first takes the only slot, the second waits.
+    let push = |body: &'static str| {
+        let base = gw.http("");
+        tokio::spawn(async move {
+            api_at(&base, "/send/", &[("channel", "c"), ("qos", "1"), ("timeout", "20")], body).await
+        })
+    };
+    let first_push = push("p1");
+    let Packet::Send(first) = next_packet(&mut ws).await else { panic!("expected the first push") };
+    assert_eq!(&first.payload[..], b"p1");
+    let second_push = push("p2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client's own qos-1 message is answered at once.
+    send_packet(
+        &mut ws,
+        Packet::Send(rainbow_protocol::SendPacket {
+            message_type: 1,
+            qos: Qos::AtLeastOnce,
+            id: 7,
+            dup: false,
+            payload: "mine".into(),
+        }),
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(2), next_packet(&mut ws)).await;
+    match answer {
+        Ok(Packet::Ack(PacketReply { id: 7, payload })) => assert_eq!(&payload[..], b"echo:mine"),
+        other => panic!("expected the ACK of our message within 2 s, got {other:?}"),
+    }
+    // Acknowledging the first push lets the second one out, in order.
+    send_packet(&mut ws, Packet::Ack(PacketReply { id: 1, payload: Default::default() })).await;
+    let Packet::Send(second) = next_packet(&mut ws).await else { panic!("expected the second push") };
+    assert_eq!(&second.payload[..], b"p2");
+    send_packet(&mut ws, Packet::Ack(PacketReply { id: second.id, payload: Default::default() })).await;
+    assert_eq!(first_push.await.unwrap().1["connections"], 1);
+    assert_eq!(second_push.await.unwrap().1["connections"], 1);
 }

@@ -125,7 +125,7 @@ async fn sighup_drains_restarts_and_loses_nothing() {
     assert_eq!(gw.metric("rainbow_worker_disconnects_total{reason=\"drained\"}").await, 1.0, "one clean drain");
     assert_eq!(gw.metric("rainbow_worker_tasks_requeued_total").await, 0.0, "a drain hands nothing back");
     wait_workers(&gw, 1).await;
-    let info = gw.gw.workers.snapshot(std::time::Instant::now());
+    let info = gw.gw.backend.workers().snapshot(std::time::Instant::now());
     assert_eq!(info[0].name.as_ref(), "echo", "the same process re-attached after its restart");
     assert!(worker_alive(&worker), "SIGHUP restarts in place");
     check_nothing_lost(&gw, &clients, &ledger, false).await;

@@ -35,7 +35,7 @@ pub fn worker_config(gw: &TestGateway, name: &str) -> WorkerConfig {
 
 /// Waits until `n` workers are attached.
 pub async fn wait_workers(gw: &TestGateway, n: usize) {
-    wait_for(&format!("{n} workers attached"), || gw.gw.workers.attached() == n).await;
+    wait_for(&format!("{n} workers attached"), || gw.gw.backend.workers().attached() == n).await;
 }
 
 /// Polls `check` until it holds (10 s at most).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use rainbow_client::{Event, Qos};
-use rainbow_protocol::{Packet, Reply as PacketReply, Send};
+use rainbow_protocol::{Packet, Reply as PacketReply, SendPacket};
 use rainbow_worker::{Message, Reply, Task, Worker};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -196,8 +196,13 @@ async fn credits_bound_the_tasks_a_worker_holds() {
     let mut clients = Vec::new();
     for n in 0..3u16 {
         let mut ws = raw_connect(&gw).await;
-        let send =
-            Send { message_type: 1, qos: Qos::AtLeastOnce, id: n + 1, dup: false, payload: format!("m{n}").into() };
+        let send = SendPacket {
+            message_type: 1,
+            qos: Qos::AtLeastOnce,
+            id: n + 1,
+            dup: false,
+            payload: format!("m{n}").into(),
+        };
         send_packet(&mut ws, Packet::Send(send)).await;
         clients.push(ws);
     }
@@ -272,12 +277,12 @@ async fn a_full_queue_drops_qos0_counts_it_and_leaves_qos1_unanswered_until_retr
     let gw =
         TestGateway::start(&backend, &[WORKERS_ONLY, ("worker_queue_size", "1"), ("worker_events", "message")]).await;
     let send = |qos, id, payload: &str| {
-        Packet::Send(Send { message_type: 1, qos, id, dup: false, payload: payload.to_owned().into() })
+        Packet::Send(SendPacket { message_type: 1, qos, id, dup: false, payload: payload.to_owned().into() })
     };
     // No worker: the first message waits in the queue (size 1)...
     let mut a = raw_connect(&gw).await;
     send_packet(&mut a, send(Qos::AtLeastOnce, 1, "queued")).await;
-    wait_for("one queued task", || gw.gw.workers.queued() == 1).await;
+    wait_for("one queued task", || gw.gw.backend.workers().queued() == 1).await;
     // ...the next ones find it full: qos 0 is dropped and counted, qos 1 and
     // 2 get no answer.
     let mut b = raw_connect(&gw).await;
@@ -304,13 +309,25 @@ async fn a_full_queue_drops_qos0_counts_it_and_leaves_qos1_unanswered_until_retr
     assert_eq!(next_packet(&mut a).await, Packet::Ack(PacketReply { id: 1, payload: "queued".into() }));
     send_packet(
         &mut c,
-        Packet::Send(Send { message_type: 1, qos: Qos::AtLeastOnce, id: 7, dup: true, payload: "overflow".into() }),
+        Packet::Send(SendPacket {
+            message_type: 1,
+            qos: Qos::AtLeastOnce,
+            id: 7,
+            dup: true,
+            payload: "overflow".into(),
+        }),
     )
     .await;
     assert_eq!(next_packet(&mut c).await, Packet::Ack(PacketReply { id: 7, payload: "overflow".into() }));
     send_packet(
         &mut d,
-        Packet::Send(Send { message_type: 1, qos: Qos::ExactlyOnce, id: 9, dup: true, payload: "overflow2".into() }),
+        Packet::Send(SendPacket {
+            message_type: 1,
+            qos: Qos::ExactlyOnce,
+            id: 9,
+            dup: true,
+            payload: "overflow2".into(),
+        }),
     )
     .await;
     assert_eq!(next_packet(&mut d).await, Packet::Rec(PacketReply { id: 9, payload: "overflow2".into() }));
@@ -324,11 +341,11 @@ async fn a_task_waits_at_most_the_queue_timeout() {
     let timeout = ("worker_queue_timeout", "300ms");
     let gw = TestGateway::start(&backend, &[WORKERS_ONLY, timeout, ("worker_events", "message")]).await;
     let mut ws = raw_connect(&gw).await;
-    let send = Send { message_type: 1, qos: Qos::ExactlyOnce, id: 3, dup: false, payload: "x".into() };
+    let send = SendPacket { message_type: 1, qos: Qos::ExactlyOnce, id: 3, dup: false, payload: "x".into() };
     send_packet(&mut ws, Packet::Send(send)).await;
     assert_silent(&mut ws, Duration::from_millis(600)).await;
     assert_eq!(gw.metric("rainbow_worker_tasks_dropped_total{kind=\"message\",reason=\"queue_timeout\"}").await, 1.0);
-    assert_eq!(gw.gw.workers.queued(), 0);
+    assert_eq!(gw.gw.backend.workers().queued(), 0);
     // A connect routed to workers with none attached waits too, then 503.
     let gw = TestGateway::start(&backend, &[WORKERS_ONLY, timeout]).await;
     assert_eq!(refused_status(&gw.ws_url(), &[("X-DEVICEID", "d"), ("X-CLIENT-OS", "o")]).await, 503);
@@ -342,14 +359,14 @@ async fn error_replies_and_timeouts_fail_like_a_webhook_and_late_replies_free_th
         TestGateway::start(&backend, &[WORKERS_ONLY, ("worker_events", "message"), ("forward_timeout", "500ms")]).await;
     let mut w = RawWorker::attach(&gw, 1).await;
     let mut ws = raw_connect(&gw).await;
-    let send = Send { message_type: 2, qos: Qos::ExactlyOnce, id: 4, dup: false, payload: "p".into() };
+    let send = SendPacket { message_type: 2, qos: Qos::ExactlyOnce, id: 4, dup: false, payload: "p".into() };
     send_packet(&mut ws, Packet::Send(send.clone())).await;
     let (task, _) = w.task().await;
     w.reply(&task, json!({"error": "database down"}), b"").await;
     assert_silent(&mut ws, Duration::from_millis(200)).await;
     assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"worker_error\"}").await, 1.0);
     // The qos-2 id was forgotten: the retransmission is a new task.
-    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send.clone() })).await;
+    send_packet(&mut ws, Packet::Send(SendPacket { dup: true, ..send.clone() })).await;
     let (task2, body) = w.task().await;
     assert_ne!(task2["key"], task["key"]);
     assert_eq!(&body[..], b"p");
@@ -357,7 +374,7 @@ async fn error_replies_and_timeouts_fail_like_a_webhook_and_late_replies_free_th
     // the credit until it answers late.
     assert_silent(&mut ws, Duration::from_millis(700)).await;
     assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"worker_timeout\"}").await, 1.0);
-    send_packet(&mut ws, Packet::Send(Send { dup: true, ..send })).await;
+    send_packet(&mut ws, Packet::Send(SendPacket { dup: true, ..send })).await;
     w.silent(Duration::from_millis(150)).await;
     w.reply(&task2, json!({}), b"late").await;
     let (task3, _) = w.task().await;
@@ -393,7 +410,7 @@ async fn protocol_errors_close_the_worker_and_its_tasks_go_to_the_next_one() {
     let mut ws = raw_connect(&gw).await;
     send_packet(
         &mut ws,
-        Packet::Send(Send { message_type: 1, qos: Qos::ExactlyOnce, id: 1, dup: false, payload: "x".into() }),
+        Packet::Send(SendPacket { message_type: 1, qos: Qos::ExactlyOnce, id: 1, dup: false, payload: "x".into() }),
     )
     .await;
     let (held, _) = first.task().await;
@@ -564,6 +581,30 @@ async fn a_library_worker_reconnects_and_its_dedup_answers_redeliveries() {
     let runs = runs.lock().unwrap();
     assert_eq!(runs.len(), 36);
     assert!(runs.values().all(|n| *n == 1), "a redelivered task ran its handler again: {runs:?}");
-    assert_eq!(gw.gw.workers.attached(), 1, "the worker came back by itself");
+    assert_eq!(gw.gw.backend.workers().attached(), 1, "the worker came back by itself");
     running.abort();
+}
+
+/// Review bug 6: a context a worker answers that no header can carry (a
+/// control character) is the worker's answer error, said and counted as
+/// such, and refused at once; it was taken, and every later webhook call of
+/// the connection then failed as an "unreachable backend".
+#[tokio::test]
+async fn a_context_no_header_can_carry_is_a_backend_answer_error() {
+    let backend = Backend::start().await;
+    let gw = TestGateway::start(&backend, &[WORKERS_ONLY, ("worker_events", "message"), ("worker_types", "7")]).await;
+    let mut w = RawWorker::attach(&gw, 1).await;
+    let mut ws = raw_connect(&gw).await;
+    let send = SendPacket { message_type: 7, qos: Qos::AtLeastOnce, id: 1, dup: false, payload: "p".into() };
+    send_packet(&mut ws, Packet::Send(send)).await;
+    let (task, _) = w.task().await;
+    w.reply(&task, json!({"context": "line1\nline2"}), b"r").await;
+    assert_silent(&mut ws, Duration::from_millis(200)).await;
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"bad_answer\"}").await, 1.0);
+    // The connection keeps its (empty) context: its webhook calls work.
+    let send = SendPacket { message_type: 1, qos: Qos::AtLeastOnce, id: 2, dup: false, payload: "q".into() };
+    send_packet(&mut ws, Packet::Send(send)).await;
+    assert_eq!(next_packet(&mut ws).await, Packet::Ack(PacketReply { id: 2, payload: "echo:q".into() }));
+    assert_eq!(backend.calls("forward")[0].header("rainbowclientcookie"), None);
+    assert_eq!(gw.metric("rainbow_forwards_total{outcome=\"unreachable\"}").await, 0.0);
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics: every counter the gateway keeps, and their rendering at
-//! `/metrics`.
+//! `/metrics`. The worker pool's own are in [`worker`].
 //!
 //! Hot-path counters are resolved once at start-up into plain fields, so
 //! counting a message is one atomic add with no label lookup. Label values are
@@ -13,11 +13,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub mod worker;
+
+pub use worker::WorkerMetrics;
+
+/// An `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     outcome: &'static str,
 }
 
+/// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -100,7 +106,20 @@ impl DisconnectReason {
 /// Handshake outcomes counted in `rainbow_connects_total`.
 pub const CONNECT_OUTCOMES: [&str; 5] = ["accepted", "denied", "backend_error", "over_limit", "bad_request"];
 /// Forward outcomes counted in `rainbow_forwards_total` (see `HookError::label`).
-pub const FORWARD_OUTCOMES: [&str; 6] = ["ok", "timeout", "unreachable", "http_error", "no_forward_url", "bad_url"];
+pub const FORWARD_OUTCOMES: [&str; 12] = [
+    "ok",
+    "timeout",
+    "unreachable",
+    "http_error",
+    "no_forward_url",
+    "bad_url",
+    "bad_answer",
+    "worker_queue_full",
+    "worker_queue_timeout",
+    "worker_timeout",
+    "worker_error",
+    "worker_shutdown",
+];
 
 /// Kinds of cluster traffic counted in `rainbow_cluster_messages_total`:
 /// published to other nodes, received from them, and received messages that
@@ -141,7 +160,7 @@ pub struct Metrics {
     pub cluster_up: Gauge,
     cluster_messages: Family<Kind, Counter>,
     /// The worker pool's metrics (`rainbow_worker*`).
-    pub workers: crate::worker::WorkerMetrics,
+    pub workers: WorkerMetrics,
 }
 
 fn hook_histogram() -> Histogram {

@@ -1,5 +1,5 @@
 //! The worker metrics, registered into the gateway's registry by
-//! [`crate::metrics::Metrics::new`]. Labels are small fixed sets (task kind,
+//! [`super::Metrics::new`]. Labels are small fixed sets (task kind,
 //! reason, op, outcome), never worker names or identities.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,7 +9,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::pool::Kind;
+use rainbow_protocol::worker::TaskKind as Kind;
+
+use super::{Outcome, Reason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -23,19 +25,9 @@ struct Dropped {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Call {
+struct OpOutcome {
     op: &'static str,
     outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
 }
 
 /// Why a worker session ended, for `rainbow_worker_disconnects_total`.
@@ -66,7 +58,7 @@ pub struct WorkerMetrics {
     submitted: Family<KindLabel, Counter>,
     dropped: Family<Dropped, Counter>,
     replies: Family<Outcome, Counter>,
-    calls: Family<Call, Counter>,
+    calls: Family<OpOutcome, Counter>,
     disconnects: Family<Reason, Counter>,
     duration: Family<KindLabel, Histogram, fn() -> Histogram>,
 }
@@ -152,7 +144,7 @@ impl WorkerMetrics {
 
     /// Counts an API call.
     pub fn call(&self, op: &'static str, outcome: &'static str) {
-        self.calls.get_or_create(&Call { op, outcome }).inc();
+        self.calls.get_or_create(&OpOutcome { op, outcome }).inc();
     }
 
     /// Counts an ended session.

@@ -1,5 +1,10 @@
 //! The worker endpoint (`GET /worker/`) and the task that drives one worker's
-//! WebSocket (docs/worker-protocol.md §1, §3, §5, §6).
+//! WebSocket (docs/worker-protocol.md §1, §3, §5, §6): tasks go out to the
+//! worker, its replies and its API calls come in. The calls are the same
+//! requests as the HTTP API's, read by `ops::Request::parse` and run by
+//! [`super::execute::run`]; a bad field answers as the HTTP API would
+//! (`params error`, `channel miss`, `qos level error`) and never closes the
+//! worker.
 //!
 //! [`endpoint`] checks the upgrade and the signature (the same check as an
 //! API call, so a replayed handshake URL is refused), then hands the socket to
@@ -10,24 +15,24 @@
 //! liveness tick. When it ends, for whatever reason, the worker is detached
 //! and the tasks it held go back to the front of the queue.
 //!
-//! The session decides nothing about tasks; the pool does. This file only
-//! moves frames and turns protocol errors into close codes.
+//! The session decides nothing about tasks; the pool (`crate::worker`) does.
+//! This file only moves frames and turns protocol errors into close codes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value, json};
+use rainbow_protocol::worker::{CallOp, FrameError, FromWorker, Task, ToWorker};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -37,14 +42,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
-use super::calls;
-use super::frame::{self, CallOp, FrameError, FromWorker};
-use super::pool::{DELIVERY_CAPACITY, Delivery, ReplyResult, WorkerId, WorkerReply};
-use crate::api::ops::Answer;
-use crate::api::{param, query_pairs};
-use crate::signature::{RequestId, SignatureError, unix_now};
+use super::execute;
+use crate::handshake::{self, NotWebSocket, Refused, param, query_pairs};
+use crate::ops::{Outcome, Request as OpRequest};
 use crate::state::Gateway;
-use crate::transport::{NotWebSocket, upgrade_accept};
+use crate::worker::pool::{DELIVERY_CAPACITY, Delivery, ReplyResult, WorkerId, WorkerReply};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -86,34 +88,23 @@ pub async fn endpoint(
     mut request: Request,
 ) -> Response {
     let config = gw.config();
-    let accept = match upgrade_accept(request.headers()) {
+    let accept = match handshake::upgrade_accept(request.headers()) {
         Ok(accept) => accept,
         Err(NotWebSocket::NoKey) => return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"),
         Err(NotWebSocket::NoUpgrade | NotWebSocket::Version) => {
             return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket (version 13) upgrade to /worker/");
         }
     };
-    let uri = request.uri().clone();
-    let query = query_pairs(&uri);
-    let id = RequestId { method: "GET", path: uri.path(), query: uri.query().unwrap_or(""), body: b"" };
-    let signed = (param(&query, "timestamp"), param(&query, "nonce"), param(&query, "signature"));
-    match gw.verifier.verify(&config.security_token, signed, id, unix_now()) {
+    let query = query_pairs(request.uri());
+    match handshake::check_signature(&gw, "worker", request.method(), request.uri(), &query, b"") {
         Ok(()) => {}
-        Err(SignatureError::Busy) => {
-            gw.metrics.api_call("worker", "busy");
-            warn!(%peer, side = "worker", "worker handshake refused: {}", SignatureError::Busy);
-            return refuse(StatusCode::TOO_MANY_REQUESTS, "too many requests");
-        }
-        Err(e) => {
-            gw.metrics.api_call("worker", "signature_error");
-            warn!(%peer, side = "worker", "worker handshake refused (401): {e}");
-            return refuse(StatusCode::UNAUTHORIZED, "signature error");
-        }
+        Err(Refused::Busy) => return refuse(StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+        Err(Refused::Signature) => return refuse(StatusCode::UNAUTHORIZED, "signature error"),
     }
     if gw.is_shutting_down() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
     }
-    if gw.workers.attached() >= MAX_WORKERS {
+    if gw.backend.workers().attached() >= MAX_WORKERS {
         warn!(%peer, side = "worker", max = MAX_WORKERS, "worker refused: too many workers attached");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many workers attached");
     }
@@ -134,13 +125,7 @@ pub async fn endpoint(
             Err(e) => debug!(%peer, side = "worker", "worker upgrade failed: {e}"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "handshake error"))
+    handshake::switching_protocols(accept)
 }
 
 /// Why a session ended.
@@ -185,7 +170,7 @@ struct Session {
     id: WorkerId,
     name: Arc<str>,
     sink: SplitSink<Ws, Message>,
-    calls: JoinSet<(u64, CallOp, Answer)>,
+    calls: JoinSet<(u64, CallOp, Outcome)>,
     last_seen: Instant,
     ping_sent: bool,
     drained: bool,
@@ -194,7 +179,8 @@ struct Session {
 
 /// Runs one worker's session until it ends, then detaches it.
 pub async fn run(gw: Arc<Gateway>, ws: Ws, name: Arc<str>, peer: SocketAddr) {
-    let id = gw.workers.next_worker_id();
+    let workers = gw.backend.workers();
+    let id = workers.next_worker_id();
     let config = gw.config();
     let (sink, mut source) = ws.split();
     let mut session = Session {
@@ -212,7 +198,7 @@ pub async fn run(gw: Arc<Gateway>, ws: Ws, name: Arc<str>, peer: SocketAddr) {
     let mut attached = false;
     let end = match session.hello(&mut source).await {
         Ok(credits) => {
-            gw.workers.attach(id, name.clone(), credits, tx, Instant::now());
+            workers.attach(id, name.clone(), credits, tx, Instant::now());
             attached = true;
             info!(worker = %name, id, %peer, credits, "worker attached");
             Box::pin(session.serve(&mut source, rx, config.ping_interval, config.pong_timeout)).await
@@ -232,8 +218,8 @@ pub async fn run(gw: Arc<Gateway>, ws: Ws, name: Arc<str>, peer: SocketAddr) {
         End::Error(e) => debug!(worker = %name, id, side = "worker", "worker socket error: {e}"),
         End::Drained | End::Closed | End::Lost => {}
     }
-    gw.workers.metrics().disconnect(end.label());
-    let requeued = if attached { gw.workers.detach(id) } else { 0 };
+    workers.metrics().disconnect(end.label());
+    let requeued = if attached { workers.detach(id) } else { 0 };
     if requeued > 0 {
         warn!(
             worker = %name,
@@ -257,8 +243,8 @@ impl Session {
         }
     }
 
-    async fn write_header(&mut self, header: Map<String, Value>, body: &[u8]) -> Result<(), End> {
-        self.write(frame::encode(&header, body)).await
+    async fn write_frame(&mut self, frame: &ToWorker) -> Result<(), End> {
+        self.write(frame.encode()).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
@@ -292,10 +278,7 @@ impl Session {
         self.last_seen = Instant::now();
         self.ping_sent = false;
         match message {
-            Message::Binary(bytes) => {
-                let raw = frame::split(bytes).map_err(|e| protocol(&e))?;
-                FromWorker::parse(raw).map(Some).map_err(|e| protocol(&e))
-            }
+            Message::Binary(bytes) => FromWorker::decode(bytes).map(Some).map_err(|e| protocol(&e)),
             Message::Text(_) => Err(End::Protocol(1002, "text frames are not part of the worker protocol".into())),
             Message::Ping(_) => {
                 // Tungstenite queued the pong; flushing sends it.
@@ -309,11 +292,12 @@ impl Session {
 
     /// Sends `welcome` and waits for `hello`; returns the credits.
     async fn hello(&mut self, source: &mut SplitStream<Ws>) -> Result<u32, End> {
-        if *self.gw.workers.closing().borrow() {
+        let workers = self.gw.backend.workers();
+        if *workers.closing().borrow() {
             return Err(End::Shutdown);
         }
-        let welcome = frame::welcome_header(self.gw.workers.node(), self.id);
-        self.write_header(welcome, b"").await?;
+        let welcome = ToWorker::welcome(workers.node(), self.id);
+        self.write_frame(&welcome).await?;
         let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         loop {
             let Ok(message) = tokio::time::timeout_at(deadline, source.next()).await else {
@@ -334,7 +318,7 @@ impl Session {
         ping_interval: Duration,
         pong_timeout: Duration,
     ) -> End {
-        let mut closing = self.gw.workers.closing();
+        let mut closing = self.gw.backend.workers().closing();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -344,9 +328,9 @@ impl Session {
                 () = async { drop(closing.wait_for(|c| *c).await) } => Err(End::Shutdown),
                 Some(delivery) = deliveries.recv() => self.write(task_frame(&delivery)).await,
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => match done {
-                    Ok((req, op, answer)) => {
-                        self.gw.workers.metrics().call(op.name(), answer.outcome);
-                        self.write_header(frame::result_header(req, &answer.body), b"").await
+                    Ok((req, op, outcome)) => {
+                        self.gw.backend.workers().metrics().call(op.name(), outcome.label());
+                        self.write_frame(&ToWorker::result(req, outcome.body())).await
                     }
                     // An operation task cannot panic on input; if one did,
                     // the worker's call stays unanswered and its SDK times out.
@@ -385,7 +369,8 @@ impl Session {
     }
 
     async fn on_frame(&mut self, op: FromWorker) -> Result<(), End> {
-        let pool = &self.gw.workers;
+        let gw = self.gw.clone();
+        let pool = gw.backend.workers();
         match op {
             FromWorker::Hello { .. } => return Err(End::Protocol(1002, "hello sent twice".into())),
             FromWorker::Credit { credits } => pool.credit(self.id, credits),
@@ -415,17 +400,17 @@ impl Session {
             FromWorker::Call { req, op, fields, body } => {
                 if self.calls.len() >= MAX_CALLS {
                     pool.metrics().call(op.name(), "too_many_calls");
-                    let answer = Answer::fail("too_many_calls", "too many calls");
-                    return self.write_header(frame::result_header(req, &answer.body), b"").await;
+                    let refused = Outcome::Limit { msg: "too many calls".into() };
+                    return self.write_frame(&ToWorker::result(req, refused.body())).await;
                 }
-                match calls::parse(op, &fields, body) {
-                    Ok(call) => {
-                        let gw = self.gw.clone();
-                        self.calls.spawn(async move { (req, op, calls::run(&gw, call).await) });
+                match OpRequest::parse(op, &fields, body) {
+                    Ok(request) => {
+                        self.calls.spawn(async move { (req, op, execute::run(&gw, request).await) });
                     }
-                    Err(answer) => {
-                        pool.metrics().call(op.name(), answer.outcome);
-                        return self.write_header(frame::result_header(req, &answer.body), b"").await;
+                    Err(problem) => {
+                        let refused = Outcome::Invalid(problem);
+                        pool.metrics().call(op.name(), refused.label());
+                        return self.write_frame(&ToWorker::result(req, refused.body())).await;
                     }
                 }
             }
@@ -436,7 +421,7 @@ impl Session {
     async fn send_drained(&mut self) -> Result<(), End> {
         self.drained = true;
         info!(worker = %self.name, id = self.id, "worker drained: it holds no task and may close");
-        self.write_header(frame::drained_header(), b"").await
+        self.write_frame(&ToWorker::Drained).await
     }
 }
 
@@ -454,22 +439,24 @@ fn socket_end(e: &WsError) -> End {
 
 /// The `task` frame of a delivery.
 pub fn task_frame(d: &Delivery) -> Bytes {
-    let mut header = Map::with_capacity(d.spec.fields.len() + 5);
-    header.insert("op".into(), Value::from("task"));
-    header.insert("task".into(), Value::from(d.task));
-    header.insert("kind".into(), Value::from(d.spec.kind.name()));
-    header.insert("key".into(), Value::from(&*d.key));
-    header.insert("attempt".into(), Value::from(d.attempt));
-    for (k, v) in &d.spec.fields {
-        header.insert(k.clone(), v.clone());
-    }
-    frame::encode(&header, &d.spec.body)
+    ToWorker::Task(Task {
+        task: d.task,
+        key: d.key.to_string(),
+        attempt: d.attempt,
+        identity: d.spec.identity.clone(),
+        event: d.spec.event.clone(),
+        body: d.spec.body.clone(),
+    })
+    .encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::pool::{Kind, TaskSpec};
+    use crate::worker::pool::TaskSpec;
+    use rainbow_protocol::Qos;
+    use rainbow_protocol::worker::{TaskEvent, split};
+    use serde_json::Value;
 
     #[test]
     fn names_are_cut_and_cleaned() {
@@ -482,15 +469,14 @@ mod tests {
 
     #[test]
     fn task_frames_carry_the_delivery_and_the_spec() {
-        let mut fields = Map::new();
-        fields.insert("identity".into(), "abc".into());
-        fields.insert("type".into(), 7.into());
-        let spec = Arc::new(TaskSpec { kind: Kind::Message, fields, body: Bytes::from_static(b"pay") });
+        let event = TaskEvent::Message { message_type: 7, qos: Qos::AtLeastOnce, context: None };
+        let spec = Arc::new(TaskSpec { identity: "abc".into(), event, body: Bytes::from_static(b"pay") });
         let d = Delivery { task: 3, key: Arc::from("n-3"), attempt: 2, spec };
-        let raw = frame::split(task_frame(&d)).unwrap();
+        let raw = split(task_frame(&d)).unwrap();
         assert_eq!(
             Value::Object(raw.header),
-            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc", "type": 7})
+            json!({"op": "task", "task": 3, "kind": "message", "key": "n-3", "attempt": 2, "identity": "abc",
+                   "type": 7, "qos": 1, "context": null})
         );
         assert_eq!(&raw.body[..], b"pay");
     }

@@ -1,0 +1,151 @@
+//! The handshakes of the HTTP surface, one way each, for whoever needs them:
+//!
+//! - WebSocket upgrades ([`upgrade_accept`], [`switching_protocols`]): client
+//!   connections at `/connect/` (`transport`) and workers at `/worker/`
+//!   (`api::worker`).
+//! - Query parameters ([`query_pairs`], [`param`]).
+//! - The signature of signed calls ([`check_signature`], docs/protocol.md
+//!   §7): the backend API, `/updateconfig/` and the worker handshake.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::warn;
+
+use crate::signature::{RequestId, SignatureError, unix_now};
+use crate::state::Gateway;
+
+/// The decoded query pairs of a request URI (empty without a query).
+pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// The first value of a query parameter.
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Why a request is not a WebSocket upgrade we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotWebSocket {
+    /// No `Connection: upgrade` and `Upgrade: websocket`.
+    NoUpgrade,
+    /// `Sec-WebSocket-Version` is missing or not 13.
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    NoKey,
+}
+
+/// Checks the headers of a WebSocket (version 13) upgrade request; returns
+/// the `Sec-WebSocket-Accept` value.
+pub fn upgrade_accept(headers: &HeaderMap) -> Result<String, NotWebSocket> {
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(NotWebSocket::NoUpgrade);
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        return Err(NotWebSocket::Version);
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(NotWebSocket::NoKey)?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// The `101 Switching Protocols` answer to an accepted upgrade.
+pub fn switching_protocols(accept: String) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    // An accept key is base64, always a valid header value.
+    if let Ok(accept) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// A signed call was refused (logged and counted already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many signed calls inside the signature window (replay cache
+    /// full): the caller should retry later.
+    Busy,
+    /// The signature is missing, wrong, stale or replayed.
+    Signature,
+}
+
+/// Checks the signature of a call to `endpoint` (its timestamp, nonce and
+/// signature query parameters against the security token, the time window
+/// and the replay cache). A refusal is counted under
+/// `rainbow_api_calls_total{endpoint}` and logged with the side to blame.
+pub fn check_signature(
+    gw: &Gateway,
+    endpoint: &'static str,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<(), Refused> {
+    let config = gw.config();
+    let request = RequestId { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), body };
+    let params = (param(query, "timestamp"), param(query, "nonce"), param(query, "signature"));
+    match gw.verifier.verify(&config.security_token, params, request, unix_now()) {
+        Ok(()) => Ok(()),
+        Err(SignatureError::Busy) => {
+            gw.metrics.api_call(endpoint, "busy");
+            warn!(endpoint, side = "backend", "signed call refused: {}", SignatureError::Busy);
+            Err(Refused::Busy)
+        }
+        Err(e) => {
+            gw.metrics.api_call(endpoint, "signature_error");
+            warn!(endpoint, side = "backend", method = %method, "signature error: {e}");
+            Err(Refused::Signature)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn upgrades_are_checked_and_answered() {
+        let mut h = HeaderMap::new();
+        assert_eq!(upgrade_accept(&h), Err(NotWebSocket::NoUpgrade));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(upgrade_accept(&h), Err(NotWebSocket::Version));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        assert_eq!(upgrade_accept(&h), Err(NotWebSocket::NoKey));
+        // RFC 6455 §1.3's example.
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        let accept = upgrade_accept(&h).unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let response = switching_protocols(accept);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers()[header::SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        let uri: Uri = "/x/?a=1&b=x%20y&a=2".parse().unwrap();
+        let pairs = query_pairs(&uri);
+        assert_eq!(param(&pairs, "a"), Some("1"));
+        assert_eq!(param(&pairs, "b"), Some("x y"));
+        assert_eq!(param(&pairs, "c"), None);
+        assert!(query_pairs(&"/x/".parse().unwrap()).is_empty());
+    }
+}
