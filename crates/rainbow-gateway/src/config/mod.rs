@@ -62,7 +62,11 @@ keys! {
     "max_inflight_forwards" = "1024" : "Forward calls in flight across the whole gateway.",
     "max_message_size" = "1MiB" : "Largest client message (bigger closes with 1009) and largest API body.",
     "outbox_capacity" = "1024" : "Messages queued towards one client; a client that lets it fill is closed with 1008 \"slow consumer\".",
-    "max_connections" = "100000" : "Connections held at once; further handshakes get 503.",
+    "max_queued_bytes" = "4MiB" : "Bytes one client connection may have waiting, in each of: its outbox (pushes and answers; over it the client is closed with 1008), its forward queue (over it the gateway stops reading the client) and its qos-2 replies kept until their REL (over it a new qos-2 message closes the client with 1008). Each item counts 64 bytes more than its payload. At least max_message_size.",
+    "max_connections" = "100000" : "Connections held at once; further handshakes get 503. Never more than the process's open-file limit allows (less 512 kept for HTTP and hook calls).",
+    "max_http_connections" = "4096" : "Accepted sockets that are not client WebSockets (handshakes under way, API and worker HTTP connections). A new one beyond it closes the oldest that is not serving a request, or is refused when all are busy.",
+    "head_timeout" = "10s" : "Time a socket has to send a complete request head, from its opening or, kept alive, from its previous answer (so also how long an idle keep-alive connection is kept).",
+    "body_timeout" = "10s" : "Time a signed API call has to send its whole body once its signature checked out.",
     "max_channels_per_connection" = "256" : "Channels one connection may be subscribed to; further subscriptions are refused and logged.",
     "max_message_rate" = "1000" : "Messages per second one client may send (burst of twice that); above it the client is closed with 1008. 0 disables.",
     "ping_interval" = "25s" : "Idle time after which the gateway pings a client.",
@@ -239,8 +243,17 @@ pub struct Config {
     pub max_message_size: usize,
     /// Per-connection outbound queue bound, messages.
     pub outbox_capacity: usize,
+    /// Per-connection byte bound of each queue (outbox, forward queue,
+    /// remembered qos-2 replies).
+    pub max_queued_bytes: usize,
     /// Connection limit.
     pub max_connections: usize,
+    /// Accepted sockets that are not client WebSockets.
+    pub max_http_connections: usize,
+    /// Time to send a request head (also the keep-alive idle time).
+    pub head_timeout: Duration,
+    /// Time to send a signed call's body.
+    pub body_timeout: Duration,
     /// Subscription limit per connection.
     pub max_channels_per_connection: usize,
     /// Client messages per second (0 = unlimited).
@@ -424,7 +437,11 @@ impl Config {
             max_inflight_forwards: r.count("max_inflight_forwards", 1)?,
             max_message_size: r.size("max_message_size")?,
             outbox_capacity: r.count("outbox_capacity", 1)?,
+            max_queued_bytes: r.size("max_queued_bytes")?,
             max_connections: r.count("max_connections", 1)?,
+            max_http_connections: r.count("max_http_connections", 1)?,
+            head_timeout: r.duration("head_timeout")?,
+            body_timeout: r.duration("body_timeout")?,
             max_channels_per_connection: r.count("max_channels_per_connection", 1)?,
             max_message_rate: r.parse("max_message_rate", |v| {
                 v.parse().map_err(|_| format!("expected messages per second (0 disables), got {v:?}"))
@@ -452,6 +469,17 @@ impl Config {
             worker_queue_size: r.count("worker_queue_size", 0)?,
             worker_queue_timeout: r.duration("worker_queue_timeout")?,
         };
+        if config.max_queued_bytes < config.max_message_size || config.max_queued_bytes > u32::MAX as usize {
+            let (_, origin) = r.raw("max_queued_bytes");
+            return Err(ConfigError::Invalid {
+                key: "max_queued_bytes".into(),
+                origin,
+                problem: format!(
+                    "must be at least max_message_size ({} bytes), so one message always fits, and under 4 GiB; got {}",
+                    config.max_message_size, config.max_queued_bytes
+                ),
+            });
+        }
         Ok(config)
     }
 

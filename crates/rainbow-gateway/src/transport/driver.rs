@@ -110,7 +110,6 @@ pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
             p.tracker.failed();
         }
     }
-    conn.clear_forwards();
     info!(identity = %conn.identity(), peer = %conn.peer(), reason = reason.label(), "disconnected");
     gw.backend.close(&gw.config(), conn).await;
 }
@@ -168,7 +167,11 @@ impl Exchanges {
         };
         Box::new(Exchanges {
             outbound: Outbound::continuing(outbound, last_id),
-            inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
+            inbound: Inbound::new(InboundConfig {
+                max_unreleased: config.qos2_window,
+                max_remembered_bytes: config.max_queued_bytes,
+                ..Default::default()
+            }),
             forwarding: None,
         })
     }
@@ -381,8 +384,8 @@ impl<'a> State<'a> {
                 }
             }
             Outgoing::Forwarded { id, qos, reply: Some(reply) } => {
-                if let Some(packet) = self.exchanges().inbound.answer(id, qos, reply) {
-                    socket.queue(OpCode::Binary, &packet.encode());
+                if let Some(answer) = self.exchanges().inbound.answer(id, qos, reply) {
+                    socket.queue(OpCode::Binary, &answer);
                 }
             }
             Outgoing::Forwarded { id, qos, reply: None } => self.exchanges().inbound.failed(id, qos),
@@ -415,8 +418,12 @@ impl<'a> State<'a> {
             // Text frames are read as packets too: the original did not
             // distinguish, and some clients send strings.
             Message::Data { payload, .. } => payload,
-            // The socket queued the pong.
-            Message::Ping(_) | Message::Pong(_) => return Turn::Continue,
+            // The socket queued the pong; pings count like messages.
+            Message::Ping(_) => {
+                self.charge(Instant::now());
+                return Turn::Continue;
+            }
+            Message::Pong(_) => return Turn::Continue,
             // The socket queued the echo.
             Message::Close(_) => return Turn::End(DisconnectReason::Client),
         };
@@ -435,17 +442,35 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Counts one more thing the client made the gateway do against
+    /// `max_message_rate`; past it, orders the close (1008) and says no.
+    fn charge(&mut self, now: Instant) -> bool {
+        if self.rate.allow(now) {
+            return true;
+        }
+        warn!(identity = %self.conn.identity(), side = "client", "client exceeded max_message_rate; closing");
+        self.conn.close(CloseOrder::new(1008, "message rate limit exceeded".into(), DisconnectReason::RateLimited));
+        false
+    }
+
+    /// Handles one packet. SENDs count against `max_message_rate`, and so
+    /// does anything the gateway did not ask for (an ACK, REC or COM for no
+    /// message in flight, a REL for no message awaiting it): answers to the
+    /// gateway's own messages are bounded by them and never counted, but a
+    /// flood of stray ones is.
     fn on_packet(&mut self, packet: Packet) -> Turn {
         let now = Instant::now();
+        let expected = match &packet {
+            Packet::Send(_) => false,
+            Packet::Ack(reply) | Packet::Rec(reply) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(reply.id)),
+            Packet::Com(id) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(*id)),
+            Packet::Rel(id) => self.exchanges.as_ref().is_some_and(|x| x.inbound.awaits_rel(*id)),
+        };
+        if !expected && !self.charge(now) {
+            return Turn::Continue;
+        }
         match packet {
             Packet::Send(send) => {
-                if !self.rate.allow(now) {
-                    let order =
-                        CloseOrder::new(1008, "message rate limit exceeded".into(), DisconnectReason::RateLimited);
-                    warn!(identity = %self.conn.identity(), side = "client", "client exceeded max_message_rate; closing");
-                    self.conn.close(order);
-                    return Turn::Continue;
-                }
                 self.gw.metrics.messages_in.0[usize::from(send.qos.as_u8())].inc();
                 match self.exchanges().inbound.on_send(now, &send) {
                     Ok(Disposition::Process) => {
@@ -456,8 +481,9 @@ impl<'a> State<'a> {
                     }
                     Ok(Disposition::Duplicate(rec)) => {
                         self.gw.metrics.duplicates.inc();
+                        // The remembered REC, shared: a duplicate costs no copy.
                         if let Some(rec) = rec {
-                            self.conn.push_reply(Outgoing::Control(rec.encode()));
+                            self.conn.push_reply(Outgoing::Control(rec));
                         }
                     }
                     Err(full) => {
@@ -538,7 +564,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
+        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, crate::hub::Limits::new(8, 1 << 20), coarse_now()));
         let driving = drive(&gw, &conn, Socket::new(stream, 1024));
         // Most of the connection task (see `transport::tests`): 208 bytes
         // in release builds, 216 in debug builds.
