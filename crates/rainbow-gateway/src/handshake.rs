@@ -23,6 +23,32 @@ pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A query parameter is not valid UTF-8 once decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {0:?} is not valid UTF-8 once decoded")]
+pub struct BadQuery(pub String);
+
+/// The decoded query pairs of a request URI, refusing any that is not
+/// UTF-8 once decoded (where [`query_pairs`] would replace the bad bytes
+/// with U+FFFD, so that different byte strings became the same value).
+pub fn strict_query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, BadQuery> {
+    let Some(query) = uri.query() else { return Ok(Vec::new()) };
+    let decode = |part: &str| {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced).decode_utf8().map(|s| s.into_owned())
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(name).map_err(|_| BadQuery(name.to_owned()))?;
+            let value = decode(value).map_err(|_| BadQuery(name.clone()))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
 /// The first value of a query parameter.
 pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -147,5 +173,17 @@ mod tests {
         assert_eq!(param(&pairs, "b"), Some("x y"));
         assert_eq!(param(&pairs, "c"), None);
         assert!(query_pairs(&"/x/".parse().unwrap()).is_empty());
+        assert_eq!(strict_query_pairs(&uri).unwrap(), pairs);
+    }
+
+    /// Issue 14, finding 8: `%FF` and `%FE` both became U+FFFD, the same
+    /// channel name.
+    #[test]
+    fn a_strict_query_refuses_bytes_that_are_not_utf8() {
+        let uri: Uri = "/send/?channel=%FF&qos=1".parse().unwrap();
+        assert_eq!(strict_query_pairs(&uri), Err(BadQuery("channel".into())));
+        let uri: Uri = "/send/?channel=caf%C3%A9+1&x".parse().unwrap();
+        let pairs = strict_query_pairs(&uri).unwrap();
+        assert_eq!(pairs, [("channel".to_string(), "café 1".to_string()), ("x".to_string(), String::new())]);
     }
 }

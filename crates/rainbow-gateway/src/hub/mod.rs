@@ -393,7 +393,13 @@ mod tests {
     use super::*;
 
     fn conn() -> Arc<Connection> {
-        Arc::new(Connection::new(Identity::random(), "127.0.0.1:1".parse().unwrap(), None, Limits::new(4, 1 << 20), coarse_now()))
+        Arc::new(Connection::new(
+            Identity::random(),
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            Limits::new(4, 1 << 20),
+            coarse_now(),
+        ))
     }
 
     #[test]

@@ -254,7 +254,11 @@ impl Metrics {
             "Sockets that are not client WebSockets: handshakes under way, API and worker HTTP connections",
             m.http_connections.clone(),
         );
-        registry.register("sockets_shed", "Sockets the listener closed instead of serving, by reason", m.sockets_shed.clone());
+        registry.register(
+            "sockets_shed",
+            "Sockets the listener closed instead of serving, by reason",
+            m.sockets_shed.clone(),
+        );
         registry.register("cluster_up", "1 while the cluster's Redis is reachable", m.cluster_up.clone());
         registry.register("cluster_messages", "Messages between cluster nodes by kind", m.cluster_messages.clone());
         m.workers.register(&mut registry);

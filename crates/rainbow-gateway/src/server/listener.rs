@@ -271,17 +271,18 @@ impl Listener {
 }
 
 /// The most connections (WebSockets) the open-file limit allows, keeping
-/// [`FD_RESERVE`] descriptors for HTTP sockets and hook calls; `None` when
-/// the limit is unknown (not Linux) or unlimited.
+/// some descriptors for HTTP sockets, hook calls, Redis and files
+/// ([`FD_RESERVE`], or a quarter of a small limit); `None` when the limit is
+/// unknown (not Linux) or unlimited.
 pub fn descriptor_cap() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let soft: usize = line.split_whitespace().nth(3)?.parse().ok()?;
-    Some(soft.saturating_sub(FD_RESERVE))
+    Some(soft - FD_RESERVE.min(soft / 4))
 }
 
-/// Descriptors kept out of `max_connections` for HTTP sockets, hook calls,
-/// Redis and files.
+/// Descriptors kept out of `max_connections` (at most; see
+/// [`descriptor_cap`]).
 pub const FD_RESERVE: usize = 512;
 
 #[cfg(test)]

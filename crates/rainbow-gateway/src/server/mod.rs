@@ -105,12 +105,10 @@ impl Server {
         if let Some(cap) = listener::descriptor_cap() {
             let configured = gw.config().max_connections;
             if cap < configured {
-                warn!(
-                    side = "config",
+                info!(
                     max_connections = configured,
                     allowed = cap,
-                    "the open-file limit (ulimit -n) allows fewer connections than max_connections; \
-                     raise the limit or lower max_connections"
+                    "connections are capped by the open-file limit (ulimit -n); raise it to hold more"
                 );
             }
             gw = gw.with_descriptor_cap(cap);

@@ -462,7 +462,9 @@ impl<'a> State<'a> {
         let now = Instant::now();
         let expected = match &packet {
             Packet::Send(_) => false,
-            Packet::Ack(reply) | Packet::Rec(reply) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(reply.id)),
+            Packet::Ack(reply) | Packet::Rec(reply) => {
+                self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(reply.id))
+            }
             Packet::Com(id) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(*id)),
             Packet::Rel(id) => self.exchanges.as_ref().is_some_and(|x| x.inbound.awaits_rel(*id)),
         };
@@ -564,7 +566,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, crate::hub::Limits::new(8, 1 << 20), coarse_now()));
+        let conn = Arc::new(Connection::new(
+            crate::hub::Identity::random(),
+            peer,
+            None,
+            crate::hub::Limits::new(8, 1 << 20),
+            coarse_now(),
+        ));
         let driving = drive(&gw, &conn, Socket::new(stream, 1024));
         // Most of the connection task (see `transport::tests`): 208 bytes
         // in release builds, 216 in debug builds.

@@ -40,6 +40,10 @@ pub const DEVICE_ID: &str = "X-DEVICEID";
 /// Header (or query parameter) naming the client OS.
 pub const CLIENT_OS: &str = "X-CLIENT-OS";
 
+/// Longest handshake query string, bytes: its parameters go to the connect
+/// hook, and the hook URL must stay a valid URL once they are re-encoded.
+pub const MAX_QUERY: usize = 16 * 1024;
+
 /// A connection slot under `max_connections`, released on drop.
 pub struct Admission(Arc<Gateway>);
 
@@ -99,6 +103,11 @@ pub async fn connect(
             };
         }
     };
+    if request.uri().query().map_or(0, str::len) > MAX_QUERY {
+        gw.metrics.connect("bad_request");
+        debug!(%peer, side = "client", "handshake refused: query over {MAX_QUERY} bytes");
+        return refuse(StatusCode::URI_TOO_LONG, "query string too long\n");
+    }
     let query = handshake::query_pairs(request.uri());
     let Some((device_id, os)) = device(headers, &query) else {
         gw.metrics.connect("bad_request");
@@ -126,7 +135,13 @@ pub async fn connect(
     };
     gw.metrics.connect("accepted");
     let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
-    let conn = Arc::new(Connection::new(identity, peer, cookie, Limits::new(config.outbox_capacity, config.max_queued_bytes), coarse_now()));
+    let conn = Arc::new(Connection::new(
+        identity,
+        peer,
+        cookie,
+        Limits::new(config.outbox_capacity, config.max_queued_bytes),
+        coarse_now(),
+    ));
     driver::register(&gw, &conn, &control);
     // From here on the connection's task owns it: whatever happens to this
     // handshake (the client may leave while the cluster subscribes), the
@@ -233,7 +248,13 @@ mod tests {
         let settings = crate::Settings::from_pairs([("security_token", "t")]);
         let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, crate::hub::Limits::new(8, 1 << 20), coarse_now()));
+        let conn = Arc::new(Connection::new(
+            crate::hub::Identity::random(),
+            peer,
+            None,
+            crate::hub::Limits::new(8, 1 << 20),
+            coarse_now(),
+        ));
         let mut request = Request::new(axum::body::Body::empty());
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (subscribed, _ready) = oneshot::channel();

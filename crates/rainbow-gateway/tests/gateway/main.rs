@@ -7,6 +7,7 @@ mod cluster;
 mod connect;
 mod demo;
 mod forward;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod push;
