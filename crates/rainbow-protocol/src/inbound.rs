@@ -133,9 +133,9 @@ impl Inbound {
         Ok(Disposition::Process)
     }
 
-    /// Processing of `send` produced `reply`: returns the encoded ACK (qos
-    /// 1) or REC (qos 2) to write, or `None` for qos 0. A REC is remembered
-    /// for duplicates until the REL.
+    /// Processing of `send` produced `reply`: returns the encoded answer to
+    /// write (an ACK at qos 1, a REC at qos 2), or `None` at qos 0. A REC is
+    /// remembered for duplicates until the REL.
     pub fn answer(&mut self, send_id: u16, qos: Qos, reply: Bytes) -> Option<Bytes> {
         match qos {
             Qos::AtMostOnce => None,
