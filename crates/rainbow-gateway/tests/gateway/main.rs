@@ -10,6 +10,7 @@ mod forward;
 mod lifecycle;
 mod limits;
 mod push;
+mod signatures;
 mod worker_crash;
 mod worker_harness;
 mod workers;
