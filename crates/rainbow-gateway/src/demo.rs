@@ -2,7 +2,8 @@
 //!
 //! The chat backend here is an ordinary Rainbow backend that happens to run
 //! in the same process: it listens on its own loopback port, the gateway calls
-//! its hooks over HTTP (signed), and it pushes with the signed HTTP API. No
+//! its hooks over HTTP (signed v1, as every backend gets them), and it pushes
+//! with the HTTP API, signed v2 (docs/protocol.md §7.4). No
 //! shortcut through the gateway's internals, so it doubles as an example
 //! backend written in Rust.
 //!
