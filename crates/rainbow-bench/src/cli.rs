@@ -260,6 +260,16 @@ pub enum TargetKind {
     Floor,
 }
 
+/// How Rainbow API calls are signed (docs/protocol.md §7).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureVersion {
+    /// SHA-1 of token, timestamp and nonce: for gateways older than v2
+    /// signatures.
+    V1,
+    /// HMAC-SHA256 over the request.
+    V2,
+}
+
 /// `rainbow-bench fanout`.
 #[derive(Args, Debug, Clone)]
 pub struct FanoutArgs {
@@ -282,6 +292,10 @@ pub struct FanoutArgs {
     /// Rainbow's `security_token`, to sign `/send/` calls.
     #[arg(long, default_value = "bench")]
     pub token: String,
+    /// Rainbow: how `/send/` calls are signed; v1 for a gateway older than
+    /// v2 signatures.
+    #[arg(long, value_enum, default_value_t = SignatureVersion::V2)]
+    pub signature: SignatureVersion,
     /// Rainbow: qos of the publications (0 or 1; subscribers acknowledge qos 1).
     #[arg(long, default_value_t = 0)]
     pub qos: u8,

@@ -63,7 +63,13 @@ impl Escaping<'_, '_> {
 
 impl Visit for Escaping<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field.name(), format_args!("{value}"));
+        // Quoted, as tracing's default writes a string field (its Debug
+        // form); `%value` fields come through `record_debug` unquoted.
+        if field.name() == "message" {
+            self.field(field.name(), format_args!("{value}"));
+        } else {
+            self.field(field.name(), format_args!("{value:?}"));
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

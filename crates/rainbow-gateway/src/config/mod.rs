@@ -14,6 +14,7 @@
 
 pub mod file;
 pub mod route;
+pub mod signing;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,6 +77,8 @@ keys! {
     "qos2_window" = "128" : "qos-2 message ids per client remembered until their REL; a client exceeding it is closed with 1008.",
     "signature_window" = "10s" : "Accepted clock difference of API signatures.",
     "replay_cache_size" = "1000000" : "Signed API requests remembered for replay rejection inside the signature window.",
+    "api_signature" = "any" : "Signatures accepted on the API and the worker handshake: `v1` (the original's SHA-1), `v2` (HMAC-SHA256 binding the request) or `any` (either, told apart by length). `v2` makes a captured v1 signature useless.",
+    "v1_replay" = "reject" : "An identical v1-signed API request inside the signature window: `reject` it as a replay, or `allow` it (for rainbow-django 0.2, whose identical calls in one second collide).",
     "shutdown_timeout" = "10s" : "On SIGTERM/SIGINT, how long to wait for close hooks before exiting.",
     }
     ["cluster"] {
@@ -272,6 +275,10 @@ pub struct Config {
     pub signature_window: Duration,
     /// Replay cache bound.
     pub replay_cache_size: usize,
+    /// Signature versions the API accepts.
+    pub api_signature: signing::ApiSignature,
+    /// Whether an identical v1 request inside the window is accepted.
+    pub v1_replay: signing::V1Replay,
     /// Graceful shutdown bound.
     pub shutdown_timeout: Duration,
     /// The cluster's Redis; `None` runs this node alone.
@@ -456,6 +463,8 @@ impl Config {
             qos2_window: r.count("qos2_window", 1)?,
             signature_window: r.duration("signature_window")?,
             replay_cache_size: r.count("replay_cache_size", 1)?,
+            api_signature: r.parse("api_signature", str::parse)?,
+            v1_replay: r.parse("v1_replay", str::parse)?,
             shutdown_timeout: r.duration("shutdown_timeout")?,
             redis_url: r.parse("redis_url", parse_redis_url)?,
             node_ttl: r.parse("node_ttl", |v| match parse_duration(v)? {
@@ -528,6 +537,18 @@ mod tests {
         assert_eq!(c.pong_timeout, Duration::from_secs(20));
         assert_eq!(c.retransmit_interval, Duration::from_secs(3));
         assert_eq!(c.forward_concurrency, 1);
+        assert_eq!(c.api_signature, signing::ApiSignature::Any, "v1 backends keep working");
+        assert_eq!(c.v1_replay, signing::V1Replay::Reject);
+    }
+
+    #[test]
+    fn signature_keys_parse_and_name_the_key_when_wrong() {
+        let c = config(&[("api_signature", "v2"), ("v1_replay", "allow")]).unwrap();
+        assert_eq!((c.api_signature, c.v1_replay), (signing::ApiSignature::V2, signing::V1Replay::Allow));
+        let err = config(&[("api_signature", "hmac")]).unwrap_err().to_string();
+        assert!(err.contains("`api_signature`") && err.contains("v1, any or v2"), "{err}");
+        let err = config(&[("v1_replay", "yes")]).unwrap_err().to_string();
+        assert!(err.contains("`v1_replay`") && err.contains("reject or allow"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ struct Open {
 struct Sockets {
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Arc<Open>>>,
+    /// Evicted, and their descriptor not yet closed.
+    closing: AtomicUsize,
 }
 
 impl Sockets {
@@ -92,6 +94,7 @@ impl Sockets {
             return false;
         };
         if let Some(victim) = open.remove(&id) {
+            self.closing.fetch_add(1, Ordering::AcqRel);
             victim.evict.notify_one();
         }
         true
@@ -193,10 +196,14 @@ impl Listener {
     /// No descriptor for the socket waiting in the backlog: make room by
     /// closing the oldest idle socket, or accept it on the spare and close it.
     async fn out_of_descriptors(&mut self) {
-        if self.sockets.evict_oldest_idle() {
-            self.shed("evicted");
-            // Let the evicted connection's task close its socket.
-            tokio::task::yield_now().await;
+        // Sockets evicted already free their descriptors soon: wait for them
+        // rather than evict more.
+        let evicting = self.sockets.closing.load(Ordering::Acquire) > 0;
+        if evicting || self.sockets.evict_oldest_idle() {
+            if !evicting {
+                self.shed("evicted");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
             return;
         }
         self.shed("no_fd");
@@ -248,6 +255,7 @@ impl Listener {
         self.connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let mut asked = false;
+            let mut evicted = false;
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -256,7 +264,10 @@ impl Listener {
                         }
                         break;
                     }
-                    () = open.evict.notified() => break,
+                    () = open.evict.notified() => {
+                        evicted = true;
+                        break;
+                    }
                     changed = stopping.wait_for(|s| *s), if !asked => {
                         drop(changed);
                         asked = true;
@@ -264,7 +275,12 @@ impl Listener {
                     }
                 }
             }
+            // The socket closes here, with the connection.
+            drop(connection);
             sockets.remove(id);
+            if evicted {
+                sockets.closing.fetch_sub(1, Ordering::AcqRel);
+            }
             metrics.http_connections.dec();
         });
     }

@@ -94,7 +94,10 @@ impl Gateway {
     }
 
     async fn metric(&self, pattern: &str) -> f64 {
-        let text = reqwest::get(self.http("/metrics")).await.unwrap().text().await.unwrap();
+        let text = match reqwest::get(self.http("/metrics")).await {
+            Ok(r) => r.text().await.unwrap(),
+            Err(e) => panic!("/metrics failed: {e}\n{}", self.log()),
+        };
         text.lines()
             .filter(|l| !l.starts_with('#') && l.contains(pattern))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -390,5 +393,32 @@ async fn a_channel_that_is_not_utf8_is_refused() {
             .await
             .unwrap();
         assert_eq!(answer, serde_json::json!({"status": 1, "msg": "params error"}), "{channel}");
+    }
+}
+
+/// Finding 2: API requests whose body never finishes were held for ever,
+/// and unsigned bodies were read in full before the signature was checked.
+/// Now an unsigned call is answered before its body, and a signed one has
+/// `body_timeout` to send it.
+#[tokio::test]
+async fn stalled_bodies_are_answered_at_once_or_timed_out() {
+    let backend = Backend::start().await;
+    let gw = Gateway::start(&backend, &[("body_timeout", "1s")], None).await;
+    let signed = rainbow_gateway::signature::sign(TOKEN);
+    let good: String = signed.pairs().iter().map(|(k, v)| format!("&{k}={v}")).collect();
+    for (query, want) in [("&signature=0", "HTTP/1.1 200"), (good.as_str(), "HTTP/1.1 408")] {
+        let mut stream = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let head = format!("POST /send/?channel=c&qos=0{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"only this").await.unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {query:?} within 3 s"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with(want), "{query:?}: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{query:?} took {:?}", started.elapsed());
     }
 }

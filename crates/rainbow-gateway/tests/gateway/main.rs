@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod push;
+mod signatures;
 mod worker_crash;
 mod worker_harness;
 mod workers;
