@@ -253,30 +253,29 @@ impl Listener {
         let mut stopping = self.stopping.subscribe();
         metrics.http_connections.inc();
         self.connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let mut asked = false;
-            let mut evicted = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            debug!(%peer, side = "client", "HTTP connection ended: {e}");
+            // The connection (and its socket) is dropped when this block ends,
+            // before the socket leaves the count.
+            let evicted = async move {
+                let mut connection = std::pin::pin!(connection);
+                let mut asked = false;
+                loop {
+                    tokio::select! {
+                        result = connection.as_mut() => {
+                            if let Err(e) = result {
+                                debug!(%peer, side = "client", "HTTP connection ended: {e}");
+                            }
+                            return false;
                         }
-                        break;
-                    }
-                    () = open.evict.notified() => {
-                        evicted = true;
-                        break;
-                    }
-                    changed = stopping.wait_for(|s| *s), if !asked => {
-                        drop(changed);
-                        asked = true;
-                        connection.as_mut().graceful_shutdown();
+                        () = open.evict.notified() => return true,
+                        changed = stopping.wait_for(|s| *s), if !asked => {
+                            drop(changed);
+                            asked = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
                     }
                 }
             }
-            // The socket closes here, with the connection.
-            drop(connection);
+            .await;
             sockets.remove(id);
             if evicted {
                 sockets.closing.fetch_sub(1, Ordering::AcqRel);
