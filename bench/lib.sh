@@ -326,12 +326,14 @@ json_field() {
 }
 
 # ensure_release: build the release binaries if missing (REBUILD=1 forces),
-# unless RAINBOW_BIN / BENCH_BIN name binaries built elsewhere.
+# unless RAINBOW_BIN / BENCH_BIN name binaries built elsewhere. They are in
+# CARGO_TARGET_DIR/release when that is set, else target/release.
 ensure_release() {
-  set_bins target/release
+  local dir=${CARGO_TARGET_DIR:-target}/release
+  set_bins "$dir"
   local need=()
   [[ -n "${RAINBOW_BIN:-}" || -x "$RAINBOW" ]] && [[ "${REBUILD:-0}" != 1 ]] || need+=(-p rainbow-gateway)
-  [[ "$BENCH_BIN" != target/release/rainbow-bench || ( -x "$BENCH_BIN" && "${REBUILD:-0}" != 1 ) ]] || need+=(-p rainbow-bench)
+  [[ "$BENCH_BIN" != "$dir/rainbow-bench" || ( -x "$BENCH_BIN" && "${REBUILD:-0}" != 1 ) ]] || need+=(-p rainbow-bench)
   if [[ ${#need[@]} -gt 0 ]]; then
     echo "building release binaries (${need[*]}; slow on this machine)..." >&2
     cargo build --release "${need[@]}" >&2

@@ -17,10 +17,10 @@ PROFILE=${PROFILE:-debug}
 case "$PROFILE" in
   debug)
     cargo build -p rainbow-gateway -p rainbow-bench >&2
-    BIN=target/debug
+    BIN=${CARGO_TARGET_DIR:-target}/debug
     ;;
   release)
-    BIN=target/release
+    BIN=${CARGO_TARGET_DIR:-target}/release
     if [[ ! -x "$BIN/rainbow" || ! -x "$BIN/rainbow-bench" ]]; then
       cargo build --release -p rainbow-gateway -p rainbow-bench >&2
     fi
