@@ -135,8 +135,8 @@ async fn attempt(
             let signed = (attack == Attack::StalledBodySigned).then(|| sign::query(&plan.token, &sign::Nonces::new()));
             let head = wire::stalled_body_head(host, &plan.channel, plan.content_length, signed.as_deref());
             let mut scanner = Scanner::http();
-            if let Err(e) = write_counted(&mut stream, &head, 1, attack, counters).await {
-                return Outcome::of(&scanner, &Ending::Failed(e.kind()));
+            if let Err(ending) = write_counted(&mut stream, &head, deadline, attack, counters).await {
+                return Outcome::of(&scanner, &ending);
             }
             let source = Trickle::Body { rate: plan.body_rate, left: plan.content_length.saturating_sub(1) };
             let ending = trickle(&mut stream, &mut scanner, deadline, source, attack, counters).await;
@@ -158,20 +158,20 @@ async fn attempt(
             let ending = match attack {
                 Attack::BigHeader => {
                     let header = wire::big_header(plan.big_header_len, mask);
-                    match write_counted(&mut stream, &header, 1, attack, counters).await {
+                    match write_counted(&mut stream, &header, deadline, attack, counters).await {
                         Ok(()) => {
                             trickle(&mut stream, &mut scanner, deadline, Trickle::Nothing, attack, counters).await
                         }
-                        Err(e) => Ending::Failed(e.kind()),
+                        Err(ending) => ending,
                     }
                 }
                 Attack::DupFlood => {
                     let (first, dup) = wire::dup_frames(plan.message_type, 1, plan.dup_payload, mask);
-                    match write_counted(&mut stream, &first, 1, attack, counters).await {
+                    match write_counted(&mut stream, &first, deadline, attack, counters).await {
                         Ok(()) => {
                             flood(&mut stream, deadline, plan.dup_rate, Frames::Same(dup), attack, counters).await
                         }
-                        Err(e) => Ending::Failed(e.kind()),
+                        Err(ending) => ending,
                     }
                 }
                 Attack::RelFlood => {
@@ -206,17 +206,23 @@ fn refused(failure: Failure) -> Outcome {
     }
 }
 
-/// Writes `bytes` (`frames` frames or writes) and counts them once written.
+/// Writes `bytes` (one frame or write) before `deadline` and counts it once
+/// written; otherwise says how the attempt ended.
 async fn write_counted(
     stream: &mut TcpStream,
     bytes: &[u8],
-    frames: u64,
+    deadline: Instant,
     attack: Attack,
     counters: &HostileCounters,
-) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    counters.sent(attack, frames, bytes.len() as u64);
-    Ok(())
+) -> Result<(), Ending> {
+    match tokio::time::timeout_at(deadline.into(), stream.write_all(bytes)).await {
+        Ok(Ok(())) => {
+            counters.sent(attack, 1, bytes.len() as u64);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Ending::Failed(e.kind())),
+        Err(_) => Err(Ending::Deadline { blocked: true }),
+    }
 }
 
 /// What a reading attack writes, slowly.
