@@ -140,7 +140,11 @@ def summary(run_dir):
         "gateway_settings": run.get("gateway_settings"),
         "machine_busy_before": run.get("machine_busy_before"),
         "gateway_rss_idle_kib": samples[0][1] if samples else None,
+        "rss_limit_mb": run.get("rss_limit_mb"),
+        "rss_limit_hit_at_s": None if run.get("rss_limit_hit") is None else round(run["rss_limit_hit"] - window_start, 1),
     }
+    if run.get("rss_limit_hit") is not None:
+        errors.append(f"the gateway's RSS passed {run.get('rss_limit_mb')} MB: the hostile clients were stopped early")
     out.update(rss_figures(samples, window_start, window_end, float(run.get("settle", 60))))
     lost = 0
     if rpc is not None:

@@ -39,6 +39,11 @@
 # SETTLE s into the window (default 60 s, at most DURATION / 4), compared
 # with the window's last sample (drift) and its highest (max).
 #
+# Guard: the machine is shared, and a gateway without defences can grow
+# without bound (in the first trial, 12 dup-flood connections took it to
+# 11.8 GB in 40 s). If its RSS passes RSS_LIMIT_MB, the hostile run is
+# stopped there (it still reports) and the line says `rss_limit_hit`.
+#
 # Output: one JSON line per run ("bench": "soak", fields in bench/soak.py,
 # with the three rainbow-bench result lines nested), and with COMPARE=1 a
 # "soak-compare" line (hostile ÷ baseline p50/p99 ratios, the acceptance
@@ -50,7 +55,7 @@
 # PAYLOAD (64 bytes), HOSTILE (1000; 0 = baseline), ATTACK_SECS (30),
 # HOSTILE_ARGS, HOSTILE_LEAD (10 s), LEAD (20 s), SETTLE (60 s), SAMPLE (5 s),
 # OPEN_RATE (ordinary connections opened per second, 2000), GATEWAY_SET
-# ("key=value ..."), COMPARE (0), RAINBOW_BIN / BENCH_BIN (default
+# ("key=value ..."), COMPARE (0), RSS_LIMIT_MB (8192; 0 = none), RAINBOW_BIN / BENCH_BIN (default
 # CARGO_TARGET_DIR or target, release, built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +78,7 @@ SAMPLE=${SAMPLE:-5}
 OPEN_RATE=${OPEN_RATE:-2000}
 GATEWAY_SET=${GATEWAY_SET:-}
 COMPARE=${COMPARE:-0}
+RSS_LIMIT_MB=${RSS_LIMIT_MB:-8192}
 
 SUBSCRIBERS=$((ORDINARY - RPC_CLIENTS))
 if [[ $SUBSCRIBERS -lt 1 || $RPC_CLIENTS -lt 1 ]]; then
@@ -88,6 +94,31 @@ results="$BENCH_TMP/soak.jsonl"
 : >"$results"
 
 now() { date +%s.%N; }
+
+# over_limit FILE: whether the last RSS sample in FILE passes RSS_LIMIT_MB.
+over_limit() {
+  [[ $RSS_LIMIT_MB -gt 0 && -s $1 ]] || return 1
+  local rss
+  rss=$(tail -n 1 "$1" | cut -d' ' -f2)
+  [[ -n $rss && $rss -gt $((RSS_LIMIT_MB * 1024)) ]]
+}
+
+# guard_sleep SECONDS FILE PID: sleeps, stopping PID (the hostile run) if
+# the gateway's RSS passes the limit meanwhile.
+guard_sleep() {
+  local i
+  for ((i = 0; i < $1; i++)); do
+    if [[ -z $limit_hit ]] && over_limit "$2"; then stop_hostile "$3"; fi
+    sleep 1
+  done
+}
+
+# stop_hostile PID: SIGTERM to the hostile run (it reports) and notes why.
+stop_hostile() {
+  limit_hit=$(now)
+  echo "soak: the gateway's RSS passed RSS_LIMIT_MB=$RSS_LIMIT_MB; stopping the hostile clients" >&2
+  kill -TERM "$1" 2>/dev/null || true
+}
 
 # run_soak LABEL HOSTILE_COUNT: one run on a fresh gateway and backend; its
 # summary line to stdout and the results file.
@@ -107,6 +138,7 @@ run_soak() {
   local sampler=$!
   EXTRA_PIDS+=("$sampler")
   local hpid=
+  limit_hit=
   if [[ $hostile -gt 0 ]]; then
     # shellcheck disable=SC2086 # HOSTILE_ARGS is a list of arguments
     nice -n "$BENCH_NICE" "$BENCH_BIN" hostile --url "$GW_URL" -n "$hostile" --attack-secs "$ATTACK_SECS" \
@@ -115,7 +147,7 @@ run_soak() {
     hpid=$!
     EXTRA_PIDS+=("$hpid")
     echo "soak ($label): $hostile hostile connections started, ordinary ones in $HOSTILE_LEAD s" >&2
-    sleep "$HOSTILE_LEAD"
+    guard_sleep "$HOSTILE_LEAD" "$dir/rss.txt" "$hpid"
   fi
   local t_ord
   t_ord=$(now)
@@ -135,7 +167,10 @@ run_soak() {
   EXTRA_PIDS+=("$fpid" "$rpid")
   echo "soak ($label): $SUBSCRIBERS subscribers and $RPC_CLIENTS rpc clients started; measuring from $LEAD s for $DURATION s" >&2
   # The window ends when the first ordinary run ends.
-  while kill -0 "$fpid" 2>/dev/null && kill -0 "$rpid" 2>/dev/null; do sleep 1; done
+  while kill -0 "$fpid" 2>/dev/null && kill -0 "$rpid" 2>/dev/null; do
+    if [[ -n $hpid && -z $limit_hit ]] && over_limit "$dir/rss.txt"; then stop_hostile "$hpid"; fi
+    sleep 1
+  done
   local t_end
   t_end=$(now)
   local status=0
@@ -155,6 +190,7 @@ json.dump({
     "hostile": $hostile, "attack_secs": $ATTACK_SECS, "hostile_args": "$HOSTILE_ARGS", "settle": $SETTLE,
     "gateway_settings": "$GATEWAY_SET", "machine_busy_before": $busy,
     "ordinary_start": $t_ord, "window_start": $t_ord + $LEAD, "window_end": $t_end,
+    "rss_limit_mb": $RSS_LIMIT_MB, "rss_limit_hit": ${limit_hit:-None},
 }, open(sys.argv[1], "w"))
 PY
   stop_gateway
