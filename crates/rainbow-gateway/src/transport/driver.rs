@@ -45,6 +45,10 @@ use crate::state::Gateway;
 /// until the socket has taken some (the outbox then bounds what waits).
 const WRITE_HIGH: usize = 8 * 1024;
 
+/// What a client's ping costs against `max_message_rate`, in messages: at
+/// the default 1,000/s, 20 pings a second (bursts of 40).
+const PING_COST: f32 = 50.0;
+
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -128,15 +132,16 @@ impl RateLimit {
         RateLimit { rate: rate as f32, tokens: rate as f32 * 2.0, last: Instant::now() }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    /// Takes `cost` tokens if there are that many.
+    fn allow(&mut self, now: Instant, cost: f32) -> bool {
         if self.rate == 0.0 {
             return true;
         }
         let refill = now.saturating_duration_since(self.last).as_secs_f32() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate * 2.0);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -418,9 +423,11 @@ impl<'a> State<'a> {
             // Text frames are read as packets too: the original did not
             // distinguish, and some clients send strings.
             Message::Data { payload, .. } => payload,
-            // The socket queued the pong; pings count like messages.
+            // The socket queued the pong. A ping costs PING_COST messages:
+            // a client needs one every few seconds at most, and a flood of
+            // them costs the gateway a decode and a pong each.
             Message::Ping(_) => {
-                self.charge(Instant::now());
+                self.charge(Instant::now(), PING_COST);
                 return Turn::Continue;
             }
             Message::Pong(_) => return Turn::Continue,
@@ -444,8 +451,8 @@ impl<'a> State<'a> {
 
     /// Counts one more thing the client made the gateway do against
     /// `max_message_rate`; past it, orders the close (1008) and says no.
-    fn charge(&mut self, now: Instant) -> bool {
-        if self.rate.allow(now) {
+    fn charge(&mut self, now: Instant, cost: f32) -> bool {
+        if self.rate.allow(now, cost) {
             return true;
         }
         warn!(identity = %self.conn.identity(), side = "client", "client exceeded max_message_rate; closing");
@@ -468,7 +475,7 @@ impl<'a> State<'a> {
             Packet::Com(id) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(*id)),
             Packet::Rel(id) => self.exchanges.as_ref().is_some_and(|x| x.inbound.awaits_rel(*id)),
         };
-        if !expected && !self.charge(now) {
+        if !expected && !self.charge(now, 1.0) {
             return Turn::Continue;
         }
         match packet {
@@ -552,11 +559,13 @@ mod tests {
     fn rate_limit_allows_a_burst_then_refills() {
         let mut r = RateLimit::new(2);
         let t0 = r.last;
-        assert!((0..4).all(|_| r.allow(t0)));
-        assert!(!r.allow(t0));
-        assert!(r.allow(t0 + std::time::Duration::from_millis(600)));
+        assert!((0..4).all(|_| r.allow(t0, 1.0)));
+        assert!(!r.allow(t0, 1.0));
+        assert!(r.allow(t0 + std::time::Duration::from_millis(600), 1.0));
         let mut unlimited = RateLimit::new(0);
-        assert!((0..10_000).all(|_| unlimited.allow(t0)));
+        assert!((0..10_000).all(|_| unlimited.allow(t0, PING_COST)));
+        let mut pings = RateLimit::new(1000);
+        assert_eq!((0..100).filter(|_| pings.allow(t0, PING_COST)).count(), 40, "a burst of 40 pings");
     }
 
     #[tokio::test]
