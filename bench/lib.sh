@@ -4,8 +4,8 @@
 #   start_gateway BIN_DIR [--set KEY=VALUE...]   Rainbow on a free loopback port;
 #       sets GW_PID, GW_PORT, GW_URL, GW_LOG. No hooks unless --set adds them.
 #       RAINBOW_BIN (a path to the `rainbow` binary) wins over BIN_DIR/rainbow.
-#   start_backend                                `rainbow-bench backend` on a free
-#       port; sets BE_PID, BE_PORT, BE_URL.
+#   start_backend [ARGS...]                      `rainbow-bench backend ARGS` (e.g. --echo)
+#       on a free port; sets BE_PID, BE_PORT, BE_URL.
 #   start_floor [--forward URL]                  `rainbow-bench floor` on a free port;
 #       sets FLOOR_PID, FLOOR_PORT.
 #   start_nchan                                  nginx + Nchan (bench/peers/nginx.conf.in);
@@ -18,6 +18,8 @@
 #       sets NODE_PIDS, NODE_URLS (arrays) and NODE_BASES (http://HOST:PORT each).
 #   stop_gateway / stop_backend / stop_floor / stop_nchan / stop_pushpin / stop_redis / stop_nodes
 #   pid_args PID...                              "--pid P" for each id
+#   EXTRA_PIDS+=(PID)                            other processes a script started in the
+#       background (bench runs, samplers): stopped on exit too.
 #
 # BENCH_BIN is the rainbow-bench binary (default target/release/rainbow-bench,
 # or BIN_DIR/rainbow-bench once set_bins has run); `bench` runs it with the
@@ -39,6 +41,7 @@ REDIS_PID=
 NODE_PIDS=()
 NODE_URLS=()
 NODE_BASES=()
+EXTRA_PIDS=()
 
 # set_bins BIN_DIR: RAINBOW and BENCH_BIN from RAINBOW_BIN / BENCH_BIN or BIN_DIR.
 set_bins() {
@@ -58,7 +61,8 @@ stop_pid() {
 }
 
 bench_cleanup() {
-  local status=$?
+  local status=$? pid
+  for pid in "${EXTRA_PIDS[@]}"; do stop_pid "$pid"; done
   stop_pushpin
   stop_nchan
   stop_nodes
@@ -67,7 +71,7 @@ bench_cleanup() {
   stop_pid "${BE_PID:-}"
   stop_floor
   if [[ $status -ne 0 ]]; then
-    for log in "$GW_LOG" "$BENCH_TMP"/node-*.log "$BENCH_TMP"/redis.log "$BENCH_TMP"/backend.err "$BENCH_TMP"/floor.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
+    for log in "$GW_LOG" "$BENCH_TMP"/node-*.log "$BENCH_TMP"/redis.log "$BENCH_TMP"/*.err "$BENCH_TMP"/nginx/error.log "$BENCH_TMP"/pushpin/out.log; do
       if [[ -s "$log" ]]; then
         echo "--- last lines of $log ---" >&2
         tail -n 20 "$log" >&2 || true
@@ -223,9 +227,9 @@ start_bench_server() {
   return 1
 }
 
-# start_backend: `rainbow-bench backend` on a free port (needs BENCH_BIN).
+# start_backend [ARGS...]: `rainbow-bench backend ARGS` on a free port (needs BENCH_BIN).
 start_backend() {
-  start_bench_server backend || return 1
+  start_bench_server backend "$@" || return 1
   BE_PID=$SRV_PID BE_PORT=$SRV_PORT
   BE_URL="http://127.0.0.1:$BE_PORT"
 }
@@ -326,12 +330,14 @@ json_field() {
 }
 
 # ensure_release: build the release binaries if missing (REBUILD=1 forces),
-# unless RAINBOW_BIN / BENCH_BIN name binaries built elsewhere.
+# unless RAINBOW_BIN / BENCH_BIN name binaries built elsewhere. They are in
+# CARGO_TARGET_DIR/release when that is set, else target/release.
 ensure_release() {
-  set_bins target/release
+  local dir=${CARGO_TARGET_DIR:-target}/release
+  set_bins "$dir"
   local need=()
   [[ -n "${RAINBOW_BIN:-}" || -x "$RAINBOW" ]] && [[ "${REBUILD:-0}" != 1 ]] || need+=(-p rainbow-gateway)
-  [[ "$BENCH_BIN" != target/release/rainbow-bench || ( -x "$BENCH_BIN" && "${REBUILD:-0}" != 1 ) ]] || need+=(-p rainbow-bench)
+  [[ "$BENCH_BIN" != "$dir/rainbow-bench" || ( -x "$BENCH_BIN" && "${REBUILD:-0}" != 1 ) ]] || need+=(-p rainbow-bench)
   if [[ ${#need[@]} -gt 0 ]]; then
     echo "building release binaries (${need[*]}; slow on this machine)..." >&2
     cargo build --release "${need[@]}" >&2

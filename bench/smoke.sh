@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A quick end-to-end check of the gateway and the bench, for CI (about 15 s
+# A quick end-to-end check of the gateway and the bench, for CI (about 20 s
 # once built): 200 idle connections held 2 s, 200 handshakes at 1000/s, a
 # fan-out of 20 publications to 300 subscribers (subscribed by the connect
 # hook of `rainbow-bench backend`), 1 s of qos-1 round trips from 4
-# clients through the forward hook, and the same small fan-out against
-# `rainbow-bench floor`. Fails unless every connection opened and
-# stayed open, no delivery was lost and every round trip was answered.
+# clients through the forward hook, 3 s of `rainbow-bench hostile` (16
+# connections, every attack, 1 s each, gentle rates), and the same small
+# fan-out against `rainbow-bench floor`. Fails unless every connection
+# opened and stayed open, no delivery was lost, every round trip was
+# answered and the hostile run reported every attack. It does not check
+# what the gateway does about the hostile clients (see bench/soak.sh).
 #
 # Uses debug binaries (`cargo build`, cheap when already built); PROFILE=release
 # uses target/release instead, building it only if missing.
@@ -17,10 +20,10 @@ PROFILE=${PROFILE:-debug}
 case "$PROFILE" in
   debug)
     cargo build -p rainbow-gateway -p rainbow-bench >&2
-    BIN=target/debug
+    BIN=${CARGO_TARGET_DIR:-target}/debug
     ;;
   release)
-    BIN=target/release
+    BIN=${CARGO_TARGET_DIR:-target}/release
     if [[ ! -x "$BIN/rainbow" || ! -x "$BIN/rainbow-bench" ]]; then
       cargo build --release -p rainbow-gateway -p rainbow-bench >&2
     fi
@@ -79,6 +82,12 @@ rpc=$(timeout 30 "$BENCH_BIN" rpc --url "$GW_URL" --clients 4 --warmup 0.2 --dur
   --direct-url "$BE_URL/message/1/" --pid "$GW_PID" --no-progress)
 check rpc "$rpc" 'r["connections_failed"] == 0' 'r["gateway"]["failed"] == 0' 'r["gateway"]["round_trips"] >= 200' \
   'r["direct"]["failed"] == 0' 'r["direct"]["round_trips"] >= 200'
+hostile=$(timeout 40 "$BENCH_BIN" hostile --url "$GW_URL" --connections 16 --attack-secs 1 --pause 0.2 --duration 3 \
+  --dup-payload 4096 --dup-rate 50 --rel-rate 500 --ping-rate 100 --pid "$GW_PID" --no-progress)
+check hostile "$hostile" 'r["connections_started"] == 16' \
+  'sorted(r["per_attack"]) == sorted(["silent", "slowloris", "stalled-body", "stalled-body-signed", "dup-flood", "rel-flood", "ping-flood", "big-header"])' \
+  'all(a["attempts"] >= 2 and a["not_started"] == 0 for a in r["per_attack"].values())' \
+  'sum(a["finished"] for a in r["per_attack"].values()) >= 8' 'r["gateway_rss_max_kib"] > 0'
 stop_gateway
 stop_backend
 

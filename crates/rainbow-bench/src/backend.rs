@@ -14,7 +14,9 @@
 //!   last path segment, so a WebSocket client of Pushpin at `/C` listens on
 //!   channel C; other events get an empty answer.
 //! - any other `POST` (Rainbow's forward hook, docs/protocol.md §4, and the direct rpc
-//!   baseline): the fixed reply body (`--reply`, default `{"ok":true}`).
+//!   baseline): the fixed reply body (`--reply`, default `{"ok":true}`), or
+//!   with `--echo` the request's own body (an echo backend: a client's
+//!   message comes back as the reply, whatever its size).
 //!
 //! Signatures are not checked: this backend exists to be cheap, so that what
 //! the rpc benchmark measures is the gateway. Counts of answered requests go
@@ -76,6 +78,7 @@ impl Counts {
 #[derive(Debug)]
 struct Setup {
     reply: Bytes,
+    echo: bool,
     counts: Arc<Counts>,
 }
 
@@ -152,7 +155,8 @@ async fn answer(setup: Arc<Setup>, request: Request<Incoming>) -> Result<Respons
         return Ok(r);
     }
     c.forward.fetch_add(1, Ordering::Relaxed);
-    Ok(response(StatusCode::OK, "application/json", setup.reply.clone()))
+    let reply = if setup.echo { body } else { setup.reply.clone() };
+    Ok(response(StatusCode::OK, "application/json", reply))
 }
 
 /// The line `rainbow-bench backend` (and `floor`) prints once it listens.
@@ -176,7 +180,13 @@ impl Backend {
     /// Binds `addr` (port 0 = a free one).
     pub async fn bind(addr: SocketAddr, reply: Bytes) -> anyhow::Result<Backend> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        Ok(Backend { listener, setup: Arc::new(Setup { reply, counts: Arc::default() }) })
+        Ok(Backend { listener, setup: Arc::new(Setup { reply, echo: false, counts: Arc::default() }) })
+    }
+
+    /// Answers forward POSTs with their own body (`true`) or the fixed reply.
+    pub fn echo(self, echo: bool) -> Backend {
+        let setup = Arc::new(Setup { reply: self.setup.reply.clone(), echo, counts: self.setup.counts.clone() });
+        Backend { listener: self.listener, setup }
     }
 
     /// The address it listens on.

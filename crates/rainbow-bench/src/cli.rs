@@ -1,10 +1,11 @@
 //! The command line: the benchmarks (`idle`, `connect`, `fanout`, `rpc`,
-//! `churn`), the benchmarks' own backend (`backend`), and the hidden `worker`
-//! that a run starts when it splits itself over processes.
+//! `churn`), the hostile clients (`hostile`), the benchmarks' own backend
+//! (`backend`), and the hidden `worker` that a run starts when it splits
+//! itself over processes.
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::clients::RpcPlan;
@@ -36,6 +37,8 @@ pub enum Command {
     Rpc(RpcArgs),
     /// Hold N connections, closing and reopening a fraction per second; track the gateway's RSS.
     Churn(ChurnArgs),
+    /// N hostile connections cycling through attacks; how the gateway ends each.
+    Hostile(HostileArgs),
     /// A minimal fast backend: connect/close hooks, forward hook, Pushpin WebSocket-over-HTTP.
     Backend(BackendArgs),
     /// The least a server can do: one send(2) per fan-out delivery, one HTTP call per rpc message.
@@ -168,9 +171,15 @@ pub struct WorkerArgs {
     /// Rpc: seconds of measuring.
     #[arg(long, default_value_t = 1.0)]
     pub measure: f64,
+    /// Rpc: seconds between a client's requests (0 = closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub interval: f64,
     /// Churn: seconds between a connection's reopenings.
     #[arg(long, default_value_t = 20.0)]
     pub period: f64,
+    /// Hostile: the plan, as JSON.
+    #[arg(long)]
+    pub hostile: Option<String>,
     /// Runtime threads (0 = one per core; 1 = a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -187,6 +196,8 @@ pub enum BehaviourKind {
     Rpc,
     /// Close and reopen on a schedule.
     Churn,
+    /// Cycle through attacks (needs --hostile).
+    Hostile,
 }
 
 /// A duration from a number of seconds given on the command line.
@@ -235,8 +246,13 @@ impl WorkerArgs {
                 timeout: seconds("rpc-timeout", self.rpc_timeout)?,
                 warmup: seconds("warmup", self.warmup)?,
                 measure: seconds("measure", self.measure)?,
+                interval: Some(seconds("interval", self.interval)?).filter(|d| !d.is_zero()),
             }),
             BehaviourKind::Churn => Behaviour::Churn { period: seconds("period", self.period)? },
+            BehaviourKind::Hostile => {
+                let plan = self.hostile.as_deref().context("--behaviour hostile needs --hostile")?;
+                Behaviour::Hostile(Box::new(serde_json::from_str(plan).context("--hostile is not a plan")?))
+            }
         })
     }
 }
@@ -258,6 +274,16 @@ pub enum TargetKind {
     Pushpin,
     /// `rainbow-bench floor`: Nchan's URLs and frames (`/sub/C`, `POST /pub/C`).
     Floor,
+}
+
+/// How Rainbow API calls are signed (docs/protocol.md §7).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureVersion {
+    /// SHA-1 of token, timestamp and nonce: for gateways older than v2
+    /// signatures.
+    V1,
+    /// HMAC-SHA256 over the request.
+    V2,
 }
 
 /// `rainbow-bench fanout`.
@@ -282,6 +308,10 @@ pub struct FanoutArgs {
     /// Rainbow's `security_token`, to sign `/send/` calls.
     #[arg(long, default_value = "bench")]
     pub token: String,
+    /// Rainbow: how `/send/` calls are signed; v1 for a gateway older than
+    /// v2 signatures.
+    #[arg(long, value_enum, default_value_t = SignatureVersion::V2)]
+    pub signature: SignatureVersion,
     /// Rainbow: qos of the publications (0 or 1; subscribers acknowledge qos 1).
     #[arg(long, default_value_t = 0)]
     pub qos: u8,
@@ -356,6 +386,11 @@ pub struct RpcArgs {
     /// Requests outstanding per client (1 = closed loop).
     #[arg(long, default_value_t = 1)]
     pub window: usize,
+    /// Requests per second per client (0 = as fast as the window allows). A
+    /// paced client sends one request every 1/rate s (starts spread over
+    /// that interval), and only while fewer than --window are outstanding.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_per_client: f64,
     /// Message type (the forward hook's `{message_type}`).
     #[arg(long, default_value_t = 1)]
     pub message_type: u16,
@@ -411,6 +446,68 @@ pub struct ChurnArgs {
     pub pid: u32,
 }
 
+/// `rainbow-bench hostile`.
+#[derive(Args, Debug, Clone)]
+pub struct HostileArgs {
+    /// Hostile connections (`--connections`, default 1000), their start rate
+    /// and where they go (`--url`: the gateway's `/connect/` URL; the HTTP
+    /// attacks use its host and port).
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Attacks to cycle through, in turn: `all`, or a comma list of silent,
+    /// slowloris, stalled-body, stalled-body-signed, dup-flood, rel-flood,
+    /// ping-flood, big-header.
+    #[arg(long, default_value = "all")]
+    pub attacks: String,
+    /// Seconds one attempt lasts at most (the gateway may end it sooner).
+    /// The connections' first attempts start spread over this time.
+    #[arg(long, default_value_t = 30.0)]
+    pub attack_secs: f64,
+    /// Seconds between an attempt's end and the next attempt.
+    #[arg(long, default_value_t = 1.0)]
+    pub pause: f64,
+    /// Seconds the whole run lasts (starts included); SIGTERM or SIGINT ends
+    /// it sooner, still with its result.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Slowloris: seconds between the bytes of the endless request head.
+    #[arg(long, default_value_t = 1.0)]
+    pub slowloris_every: f64,
+    /// Stalled body: body bytes per second (the body never completes).
+    #[arg(long, default_value_t = 10.0)]
+    pub body_rate: f64,
+    /// Stalled body: the `Content-Length` announced.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub content_length: u64,
+    /// Dup-flood: payload bytes of the qos-2 SEND (the backend should echo it).
+    #[arg(long, default_value_t = 131_072)]
+    pub dup_payload: usize,
+    /// Dup-flood: duplicates (the same SEND with dup = 1) per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub dup_rate: f64,
+    /// Dup-flood: message type of the SEND.
+    #[arg(long, default_value_t = 1)]
+    pub message_type: u16,
+    /// Rel-flood: REL packets (for ids never used) per second.
+    #[arg(long, default_value_t = 5000.0)]
+    pub rel_rate: f64,
+    /// Ping-flood: pings (125-byte payloads) per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub ping_rate: f64,
+    /// Big-header: the payload length the lone frame header announces.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub big_header_len: u64,
+    /// The gateway's `security_token`, to sign the stalled-body-signed requests.
+    #[arg(long, default_value = "bench")]
+    pub token: String,
+    /// Channel of the stalled `/send/` requests.
+    #[arg(long, default_value = "hostile")]
+    pub channel: String,
+    /// The gateway's process id: its RSS and CPU time are reported.
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
 /// `rainbow-bench backend`.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
@@ -423,6 +520,9 @@ pub struct BackendArgs {
     /// Body of the answer to forward-hook POSTs.
     #[arg(long, default_value = r#"{"ok":true}"#)]
     pub reply: String,
+    /// Answer forward-hook POSTs with their own body instead of --reply.
+    #[arg(long)]
+    pub echo: bool,
 }
 
 /// `rainbow-bench floor`.

@@ -4,8 +4,9 @@
 //!   (binary frames, decoded with `rainbow-protocol`) or plain text frames
 //!   (Nchan, Pushpin), times each stamped publication ([`crate::stamp`]) and
 //!   answers qos-1 SENDs with an ACK and qos-2 ones with REC, then COM.
-//! - [`rpc`]: a client sending qos-1 SENDs in a closed loop, at most `window`
-//!   outstanding, timing each until its ACK.
+//! - [`rpc`]: a client sending qos-1 SENDs, at most `window` outstanding,
+//!   in a closed loop or paced at one every `interval`, timing each until
+//!   its ACK.
 //!
 //! Both keep only a few words of state besides the stream, so tens of
 //! thousands of them stay cheap; the counting goes to the process's shared
@@ -40,6 +41,9 @@ pub struct RpcPlan {
     pub warmup: Duration,
     /// Length of the measuring window.
     pub measure: Duration,
+    /// Paced: one request every `interval` (while the window allows);
+    /// `None` = closed loop.
+    pub interval: Option<Duration>,
 }
 
 /// The payload of rpc requests: JSON text of `size` bytes (at least 12).
@@ -124,22 +128,39 @@ pub fn next_id(id: u16) -> u16 {
     if id >= 65_534 { 1 } else { id + 1 }
 }
 
-/// An rpc client: waits for `go`, sends qos-1 SENDs keeping `window`
-/// outstanding until the counters say stop, then idles until the peer
-/// ends the connection.
-pub async fn rpc(ws: &mut Ws, plan: &RpcPlan, mut go: watch::Receiver<Option<Instant>>, counters: &Counters) -> End {
-    if go.wait_for(Option::is_some).await.is_err() {
+/// When a paced client sends next: one interval after `next`, or now if
+/// that has already passed (a client that fell behind does not burst).
+pub fn next_send(next: Instant, interval: Duration, now: Instant) -> Instant {
+    (next + interval).max(now)
+}
+
+/// An rpc client: waits for `go`, sends qos-1 SENDs keeping at most `window`
+/// outstanding (paced: one per `interval`, the first `phase` after `go`)
+/// until the counters say stop, then idles until the peer ends the
+/// connection.
+pub async fn rpc(
+    ws: &mut Ws,
+    plan: &RpcPlan,
+    mut go: watch::Receiver<Option<Instant>>,
+    phase: Duration,
+    counters: &Counters,
+) -> End {
+    let Ok(go_at) = go.wait_for(Option::is_some).await.map(|g| g.unwrap_or_else(Instant::now)) else {
         return End::Eof;
-    }
+    };
     let payload = rpc_payload(plan.payload_size);
     let window = plan.window.clamp(1, 1024);
+    let interval = plan.interval.filter(|d| !d.is_zero());
+    let mut due = interval.map(|_| go_at + phase);
     let mut outstanding: VecDeque<(u16, Instant)> = VecDeque::with_capacity(window);
     let mut id = 0u16;
     let mut closed = None;
     loop {
         let stopping = counters.rpc_stop.load(Ordering::Relaxed);
-        if !stopping && outstanding.len() < window {
-            while outstanding.len() < window {
+        if !stopping && outstanding.len() < window && due.is_none_or(|d| d <= Instant::now()) {
+            // Closed loop: fill the window. Paced: one request.
+            let room = if due.is_some() { 1 } else { window - outstanding.len() };
+            for _ in 0..room {
                 id = next_id(id);
                 let packet = Packet::Send(SendPacket {
                     message_type: plan.message_type,
@@ -156,13 +177,24 @@ pub async fn rpc(ws: &mut Ws, plan: &RpcPlan, mut go: watch::Receiver<Option<Ins
             if let Err(e) = ws.flush().await {
                 return ended(closed, Some(e));
             }
+            if let (Some(d), Some(every)) = (due, interval) {
+                due = Some(next_send(d, every, Instant::now()));
+            }
         }
-        let read = match outstanding.front() {
-            Some(&(_, sent)) => match tokio::time::timeout_at((sent + plan.timeout).into(), ws.next()).await {
+        let expiry = outstanding.front().map(|&(_, sent)| sent + plan.timeout);
+        let send_at = due.filter(|_| !stopping && outstanding.len() < window);
+        let wake = match (expiry, send_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let read = match wake {
+            Some(at) => match tokio::time::timeout_at(at.into(), ws.next()).await {
                 Ok(read) => read,
                 Err(_) => {
-                    outstanding.pop_front();
-                    counters.rpc_failed();
+                    if expiry.is_some_and(|e| e <= Instant::now()) {
+                        outstanding.pop_front();
+                        counters.rpc_failed();
+                    }
                     continue;
                 }
             },
@@ -199,6 +231,14 @@ mod tests {
         assert_eq!(next_id(65_533), 65_534);
         assert_eq!(next_id(65_534), 1);
         assert_eq!(next_id(u16::MAX), 1);
+    }
+
+    #[test]
+    fn paced_clients_skip_missed_slots() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(next_send(t0, s, t0), t0 + s);
+        assert_eq!(next_send(t0, s, t0 + 5 * s), t0 + 5 * s, "late: at once, no burst of the missed ones");
     }
 
     #[test]

@@ -94,6 +94,16 @@ impl Target {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The `Host` header value (host and port as given).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Path and query of the request line.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
 }
 
 /// Tungstenite settings of a bench connection: small buffers.
@@ -173,9 +183,10 @@ pub async fn open(target: &Target, source: Option<IpAddr>, device_id: &str) -> R
     })
 }
 
-/// The client side of the HTTP/1.1 upgrade (RFC 6455 §4.1). Returns any bytes
-/// that arrived after the response head (the start of the first frame).
-async fn upgrade(stream: &mut TcpStream, target: &Target, device_id: &str) -> Result<Vec<u8>, Failure> {
+/// The client side of the HTTP/1.1 upgrade (RFC 6455 §4.1) with the device
+/// headers, on a connected stream. Returns any bytes that arrived after the
+/// response head (the start of the first frame).
+pub async fn upgrade(stream: &mut TcpStream, target: &Target, device_id: &str) -> Result<Vec<u8>, Failure> {
     if device_id.bytes().any(|b| b.is_ascii_control()) {
         return Err(Failure::Protocol("device id has control characters"));
     }

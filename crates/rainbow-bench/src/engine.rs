@@ -12,8 +12,10 @@
 //!    process's own RSS and CPU time, measured before letting them go.
 //!
 //! What each connection does once open is the plan's [`Behaviour`]: idle
-//! (answer pings), subscribe (fan-out), rpc (closed-loop qos-1 requests) or
-//! churn (close and reopen on a schedule). Behaviours that count more than
+//! (answer pings), subscribe (fan-out), rpc (qos-1 requests, closed loop or
+//! paced), churn (close and reopen on a schedule) or hostile (attacks, each
+//! attempt on a connection of its own: "opened" then only means started).
+//! Behaviours that count more than
 //! opens also report [`Event::Stats`] every tick, and their latency
 //! histograms in [`Event::Finished`]. Rpc and churn start together once every
 //! open has finished (the "go" instant); rpc then measures for a fixed
@@ -38,6 +40,7 @@ use tokio::task::JoinSet;
 
 use crate::clients::{self, RpcPlan};
 use crate::conn::{self, End, Failure, Target, Ws};
+use crate::hostile::{self, HostilePlan};
 use crate::procfs::{self, Proc};
 use crate::sources::Sources;
 use crate::stats::{Counters, Stats};
@@ -69,6 +72,9 @@ pub enum Behaviour {
         /// Each connection's life between reopenings.
         period: Duration,
     },
+    /// Cycle through attacks on the gateway (`hostile`); no WebSocket is
+    /// opened for it beforehand, each attempt opens its own connection.
+    Hostile(Box<HostilePlan>),
 }
 
 /// What one process should open.
@@ -278,7 +284,7 @@ struct Role {
     behaviour: Arc<Behaviour>,
     /// When every open of this process finished (set once).
     go: watch::Receiver<Option<Instant>>,
-    /// Churn: this connection's offset into the period.
+    /// Churn, paced rpc, hostile: this connection's offset into the period.
     phase: Duration,
 }
 
@@ -312,11 +318,37 @@ async fn connection(opening: Opening, permit: OwnedSemaphorePermit, tally: Arc<T
         }
         Behaviour::Rpc(plan) => {
             drop(opening);
-            Box::pin(clients::rpc(&mut ws, plan, role.go.clone(), &tally.counters)).await
+            Box::pin(clients::rpc(&mut ws, plan, role.go.clone(), role.phase, &tally.counters)).await
         }
         Behaviour::Churn { period } => Box::pin(churn(ws, opening, *period, role, &tally)).await,
+        // Started by `hostile_connection` instead.
+        Behaviour::Hostile(_) => End::Error("a hostile connection has no WebSocket of its own".to_string()),
     };
     tally.ended(&end);
+}
+
+/// A hostile connection's task: each attempt connects by itself, so the
+/// connection counts as opened at once, then cycles until aborted.
+/// `index` is the connection's global number (it decides its first attack).
+async fn hostile_connection(
+    opening: Opening,
+    permit: OwnedSemaphorePermit,
+    tally: Arc<Tally>,
+    role: Role,
+    index: usize,
+) {
+    tally.opened(Duration::ZERO);
+    drop(permit);
+    let Behaviour::Hostile(plan) = &*role.behaviour else { return };
+    let origin = hostile::attack::Origin {
+        target: opening.target,
+        source: opening.source,
+        device_id: opening.device_id,
+        handshake_timeout: opening.timeout,
+        index,
+        start_after: role.phase,
+    };
+    Box::pin(hostile::attack::cycle(origin, plan, &tally.counters.hostile)).await;
 }
 
 /// Closes a connection politely: a close frame, then reading until the
@@ -396,8 +428,10 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut conns = JoinSet::new();
     let start = Instant::now();
-    let period = match plan.behaviour {
-        Behaviour::Churn { period } => period,
+    let period = match &plan.behaviour {
+        Behaviour::Churn { period } => *period,
+        Behaviour::Rpc(rpc) => rpc.interval.unwrap_or_default(),
+        Behaviour::Hostile(h) => Duration::from_secs_f64(h.attack_secs.clamp(0.0, 1e7)),
         _ => Duration::ZERO,
     };
     for i in 0..plan.count {
@@ -421,7 +455,11 @@ pub async fn run(plan: Plan, sink: Sink, release: impl Future<Output = ()>) -> a
             go: go_rx.clone(),
             phase: period.mul_f64(i as f64 / plan.count.max(1) as f64),
         };
-        conns.spawn(connection(opening, permit, tally.clone(), role));
+        if matches!(plan.behaviour, Behaviour::Hostile(_)) {
+            conns.spawn(hostile_connection(opening, permit, tally.clone(), role, index));
+        } else {
+            conns.spawn(connection(opening, permit, tally.clone(), role));
+        }
         // Forget tasks that already ended (failed opens).
         while conns.try_join_next().is_some() {}
     }

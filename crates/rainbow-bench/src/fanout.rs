@@ -35,7 +35,7 @@ use hyper::Method;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::cli::{FanoutArgs, TargetKind, seconds};
+use crate::cli::{FanoutArgs, SignatureVersion, TargetKind, seconds};
 use crate::engine::{Behaviour, bump};
 use crate::fleet::{Fleet, split};
 use crate::http::{Answer, Client, HttpUrl};
@@ -115,6 +115,7 @@ pub struct Peer {
     url: HttpUrl,
     channel: String,
     token: String,
+    signature: SignatureVersion,
     qos: u8,
     message_type: u16,
     nonces: Nonces,
@@ -137,16 +138,30 @@ impl Peer {
         match self.kind {
             TargetKind::Rainbow => {
                 let base = self.url.path();
-                let sep = if base.contains('?') { '&' } else { '?' };
-                let signed = sign::query(&self.token, &self.nonces);
-                Call {
-                    path: format!(
-                        "{base}{sep}channel={}&msgtype={}&qos={}&{signed}",
-                        self.channel, self.message_type, self.qos
-                    ),
-                    content_type: "application/json",
-                    body: Bytes::from(payload),
-                }
+                let (msgtype, qos) = (self.message_type.to_string(), self.qos.to_string());
+                let ours = [("channel", self.channel.as_str()), ("msgtype", msgtype.as_str()), ("qos", qos.as_str())];
+                let path = match self.signature {
+                    SignatureVersion::V1 => {
+                        let sep = if base.contains('?') { '&' } else { '?' };
+                        let signed = sign::query(&self.token, &self.nonces);
+                        format!("{base}{sep}channel={}&msgtype={msgtype}&qos={qos}&{signed}", self.channel)
+                    }
+                    SignatureVersion::V2 => {
+                        // The URL's own query is signed along with ours.
+                        let (path, given) = base.split_once('?').unwrap_or((base, ""));
+                        let given: Vec<(String, String)> = rainbow_protocol::signature::query_pairs(given)
+                            .into_iter()
+                            .map(|(k, v)| (String::from_utf8_lossy(&k).into(), String::from_utf8_lossy(&v).into()))
+                            .collect();
+                        let mut pairs: Vec<(&str, &str)> =
+                            given.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        pairs.extend(ours);
+                        let signed =
+                            sign::query_v2(&self.token, "POST", path, &pairs, payload.as_bytes(), &self.nonces);
+                        format!("{path}?{signed}")
+                    }
+                };
+                Call { path, content_type: "application/json", body: Bytes::from(payload) }
             }
             TargetKind::Nchan | TargetKind::Floor => {
                 Call { path: self.url.path().to_string(), content_type: "text/plain", body: Bytes::from(payload) }
@@ -483,6 +498,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         url: publish_http,
         channel: channel.clone(),
         token: args.token.clone(),
+        signature: args.signature,
         qos: args.qos,
         message_type: args.message_type,
         nonces: Nonces::new(),
@@ -750,6 +766,7 @@ mod tests {
             url: HttpUrl::resolve(url).await.expect("url"),
             channel: "room".into(),
             token: "bench".into(),
+            signature: SignatureVersion::V1,
             qos: 1,
             message_type: 1001,
             nonces: Nonces::starting_at(7),
@@ -771,6 +788,28 @@ mod tests {
         assert!(ok(200, r#"{"status": 0, "connections": 3, "data": ""}"#));
         assert!(!ok(200, r#"{"status":1,"msg":"signature error"}"#));
         assert!(!ok(500, r#"{"status":0}"#));
+    }
+
+    #[tokio::test]
+    async fn rainbow_calls_are_signed_v2_over_the_whole_request() {
+        let mut p = peer(TargetKind::Rainbow, "http://127.0.0.1:1984/send/?x=a+b").await;
+        p.signature = SignatureVersion::V2;
+        let a = p.call("{\"seq\":1}".into());
+        assert!(a.path.starts_with("/send/?x=a%20b&channel=room&msgtype=1001&qos=1&timestamp="), "{}", a.path);
+        let (path, query) = a.path.split_once('?').expect("a query");
+        let get = |name: &str| {
+            query.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('='))).expect(name)
+        };
+        assert_eq!(get("nonce"), "0000000000000007");
+        let canonical = rainbow_protocol::signature::canonical_request(
+            "POST",
+            path,
+            &rainbow_protocol::signature::canonical_query_of(query),
+            &rainbow_protocol::signature::body_digest(&a.body),
+            get("timestamp"),
+            get("nonce"),
+        );
+        assert_eq!(get("signature"), rainbow_protocol::signature::signature_v2("bench", &canonical));
     }
 
     #[tokio::test]

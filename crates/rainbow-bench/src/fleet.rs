@@ -162,8 +162,17 @@ pub fn behaviour_args(behaviour: &Behaviour) -> Vec<String> {
             secs(rpc.warmup),
             "--measure".into(),
             secs(rpc.measure),
+            "--interval".into(),
+            secs(rpc.interval.unwrap_or_default()),
         ],
         Behaviour::Churn { period } => vec!["--behaviour".into(), "churn".into(), "--period".into(), secs(*period)],
+        // A plain struct of numbers and strings always serializes.
+        Behaviour::Hostile(plan) => vec![
+            "--behaviour".into(),
+            "hostile".into(),
+            "--hostile".into(),
+            serde_json::to_string(plan).unwrap_or_default(),
+        ],
     }
 }
 
@@ -470,20 +479,36 @@ mod tests {
     #[test]
     fn behaviours_become_worker_arguments() {
         use crate::cli::{Cli, Command};
+        use crate::clients::RpcPlan;
         use clap::Parser;
-        let rpc = Behaviour::Rpc(crate::clients::RpcPlan {
+        let rpc = Behaviour::Rpc(RpcPlan {
             window: 2,
             message_type: 7,
             payload_size: 40,
             timeout: std::time::Duration::from_secs(5),
             warmup: std::time::Duration::from_millis(1500),
             measure: std::time::Duration::from_secs(10),
+            interval: None,
         });
+        let paced = match &rpc {
+            Behaviour::Rpc(plan) => {
+                Behaviour::Rpc(RpcPlan { interval: Some(std::time::Duration::from_millis(250)), ..plan.clone() })
+            }
+            _ => unreachable!(),
+        };
+        let hostile = Behaviour::Hostile(Box::new(crate::hostile::HostilePlan {
+            attacks: vec![crate::hostile::wire::Attack::PingFlood, crate::hostile::wire::Attack::Silent],
+            ping_rate: 12.5,
+            token: "t \"quoted\"".into(),
+            ..Default::default()
+        }));
         for behaviour in [
             Behaviour::Idle,
             Behaviour::Subscribe { late: std::time::Duration::from_millis(250) },
             rpc,
+            paced,
             Behaviour::Churn { period: std::time::Duration::from_secs(20) },
+            hostile,
         ] {
             let mut argv =
                 vec!["rainbow-bench".to_string(), "worker".into(), "--url".into(), "ws://127.0.0.1:1/".into()];

@@ -5,13 +5,13 @@
 //! (progress bars go to stderr). The pieces:
 //!
 //! - [`cli`]: the command line (`idle`, `connect`, `fanout`, `rpc`, `churn`,
-//!   `backend`, `floor`, and the hidden `worker`);
+//!   `hostile`, `backend`, `floor`, and the hidden `worker`);
 //! - [`sources`]: the client source addresses (127.0.0.2, 127.0.0.3, ...) that
 //!   connections are spread over, so ephemeral ports never run out;
 //! - [`conn`]: one connection — bind, connect, WebSocket handshake with small
 //!   buffers, then an idle loop that only answers pings;
 //! - [`clients`]: what a connection does beyond idling: fan-out subscriber,
-//!   closed-loop rpc client;
+//!   rpc client (closed loop or paced);
 //! - [`engine`]: one process's share of the load — paced opening, counting,
 //!   holding until released — reported as [`engine::Event`]s;
 //! - [`fleet`]: runs that share in this process, or splits the load over
@@ -20,6 +20,11 @@
 //! - [`runs`]: the `idle` and `connect` benchmarks, built on a fleet, and the
 //!   helpers of the others: [`fanout`], [`rpc`] (with its direct baseline
 //!   over [`http`]) and [`churn`];
+//! - [`hostile`]: hostile clients cycling through attacks (silent,
+//!   slowloris, stalled bodies, floods of duplicates, RELs and pings, a
+//!   lone frame header), and how the gateway ended each attempt: the
+//!   attacks' bytes and parsers in [`hostile::wire`], their IO in
+//!   [`hostile::attack`];
 //! - [`stats`]: what connections count beyond opening (deliveries, round
 //!   trips, reopenings), shipped from workers to the parent;
 //! - [`latency`]: latency histograms (record, ship, merge, summarise);
@@ -48,6 +53,7 @@ pub mod engine;
 pub mod fanout;
 pub mod fleet;
 pub mod floor;
+pub mod hostile;
 pub mod http;
 pub mod latency;
 pub mod procfs;

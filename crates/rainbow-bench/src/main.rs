@@ -9,7 +9,7 @@ use clap::Parser;
 use rainbow_bench::backend::{Backend, Listening};
 use rainbow_bench::cli::{BackendArgs, Cli, Command, FloorArgs};
 use rainbow_bench::floor::Floor;
-use rainbow_bench::{churn, fanout, rpc, runs};
+use rainbow_bench::{churn, fanout, hostile, rpc, runs};
 use serde::Serialize;
 
 fn emit<T: Serialize>(result: anyhow::Result<T>) -> ExitCode {
@@ -43,7 +43,7 @@ async fn terminated() {
 /// until SIGTERM/SIGINT, then prints its counts on stderr.
 async fn backend(args: &BackendArgs) -> ExitCode {
     let addr = std::net::SocketAddr::new(args.bind, args.port);
-    match Backend::bind(addr, bytes::Bytes::from(args.reply.clone())).await {
+    match Backend::bind(addr, bytes::Bytes::from(args.reply.clone())).await.map(|b| b.echo(args.echo)) {
         Ok(server) => {
             let counts = server.counts();
             let listening = server.local_addr();
@@ -126,6 +126,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Fanout(args) => emit(Box::pin(fanout::fanout(&args)).await),
         Command::Rpc(args) => emit(Box::pin(rpc::rpc(&args)).await),
         Command::Churn(args) => emit(Box::pin(churn::churn(&args)).await),
+        Command::Hostile(args) => emit(Box::pin(hostile::hostile(&args)).await),
         Command::Backend(args) => Box::pin(backend(&args)).await,
         Command::Floor(args) => Box::pin(floor(&args)).await,
         Command::Worker(args) => match runs::worker(&args).await {

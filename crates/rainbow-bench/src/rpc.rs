@@ -3,7 +3,9 @@
 //!
 //! - Through the gateway: C client connections (a fleet with the
 //!   [`Behaviour::Rpc`] behaviour) each keep `--window` qos-1 SENDs
-//!   outstanding; the gateway forwards each to its `forward_url` (normally
+//!   outstanding (or, with `--rate-per-client`, send one every 1/rate s
+//!   while the window allows: an ordinary, modest load rather than the
+//!   most the gateway can take); the gateway forwards each to its `forward_url` (normally
 //!   `rainbow-bench backend`) and turns the answer into the ACK. After
 //!   `--warmup` seconds each process measures for `--duration` seconds.
 //! - Direct (`--direct-url`): C × window HTTP/1.1 keep-alive connections from
@@ -77,6 +79,8 @@ pub struct RpcResult {
     pub clients: usize,
     /// Requests outstanding per client.
     pub window: usize,
+    /// Requests per second per client (absent: closed loop).
+    pub rate_per_client: Option<f64>,
     /// Payload bytes.
     pub payload_size: usize,
     /// Through the gateway (absent with --direct-only).
@@ -271,6 +275,13 @@ pub async fn rpc(args: &RpcArgs) -> anyhow::Result<RpcResult> {
     if args.direct_only && args.direct_url.is_none() {
         bail!("--direct-only needs --direct-url");
     }
+    if !(args.rate_per_client.is_finite() && (0.0..=1e6).contains(&args.rate_per_client)) {
+        bail!("--rate-per-client must be between 0 (closed loop) and 10^6");
+    }
+    let interval = (args.rate_per_client > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate_per_client));
+    if interval.is_some() && args.direct_url.is_some() {
+        bail!("--direct-url measures a closed loop; it does not go with --rate-per-client");
+    }
     let plan = RpcPlan {
         window: args.window.clamp(1, 1024),
         message_type: args.message_type,
@@ -278,6 +289,7 @@ pub async fn rpc(args: &RpcArgs) -> anyhow::Result<RpcResult> {
         timeout: seconds("timeout", args.timeout)?,
         warmup: seconds("warmup", args.warmup)?,
         measure: seconds("duration", args.duration)?,
+        interval,
     };
     if plan.measure.is_zero() {
         bail!("--duration must be above 0");
@@ -312,6 +324,7 @@ pub async fn rpc(args: &RpcArgs) -> anyhow::Result<RpcResult> {
         direct_url: args.direct_url.clone(),
         clients: args.clients,
         window: plan.window,
+        rate_per_client: interval.map(|_| args.rate_per_client),
         payload_size: args.payload_size,
         gateway,
         direct: direct_leg,

@@ -1,11 +1,16 @@
-//! Signing the gateway's backend API calls (docs/protocol.md §7).
+//! Signing the gateway's backend API calls and the forward hook calls the
+//! bench makes itself (docs/protocol.md §7), with `rainbow_protocol::signature`.
 //!
-//! `signature = hex(sha1(concat(sorted([token, str(timestamp), str(nonce)]))))`,
-//! sent as the query parameters `timestamp`, `nonce` and `signature`. The
-//! gateway refuses a request (method, path, query and body) it has already
-//! accepted inside its signature window, so every call made here gets a nonce
-//! no other call of this process uses: a counter started at a per-process
-//! random-looking value.
+//! - API calls (`/send/` of `fanout`) are signed **v2** by default
+//!   ([`query_v2`]): HMAC-SHA256 over the method, path, query and body.
+//!   `--signature v1` signs them v1 ([`query`]) for gateways older than v2
+//!   signatures.
+//! - Forward hook calls (`rpc`'s direct leg, which plays the gateway) are
+//!   signed **v1** ([`query`]), as the gateway signs its hooks.
+//!
+//! Every call made here gets a nonce no other call of this process uses: a
+//! counter started at a per-process random-looking value (decimal for v1, 16
+//! hex digits for v2), so the gateway's replay rule never refuses one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,9 +63,30 @@ pub fn query_at(token: &str, timestamp: u64, nonce: u64) -> String {
     format!("timestamp={ts}&nonce={nonce}&signature={sig}")
 }
 
-/// The signing query of a call made now, with a fresh nonce.
+/// The signing query of a call made now, with a fresh nonce (v1).
 pub fn query(token: &str, nonces: &Nonces) -> String {
     query_at(token, unix_secs(), nonces.next())
+}
+
+/// The whole v2-signed query of a call to `path` (as in the request line,
+/// without a query) carrying `pairs` and `body`, made at `timestamp` with
+/// `nonce`: the pairs, then `timestamp`, `nonce` and `signature`.
+pub fn query_v2_at(
+    token: &str,
+    method: &str,
+    path: &str,
+    pairs: &[(&str, &str)],
+    body: &[u8],
+    timestamp: u64,
+    nonce: u64,
+) -> String {
+    let nonce = rainbow_protocol::signature::nonce_v2(nonce);
+    rainbow_protocol::signature::signed_query_v2(token, method, path, pairs, body, &timestamp.to_string(), &nonce)
+}
+
+/// [`query_v2_at`] for a call made now, with a fresh nonce.
+pub fn query_v2(token: &str, method: &str, path: &str, pairs: &[(&str, &str)], body: &[u8], nonces: &Nonces) -> String {
+    query_v2_at(token, method, path, pairs, body, unix_secs(), nonces.next())
 }
 
 #[cfg(test)]
@@ -88,6 +114,25 @@ mod tests {
     fn query_has_the_three_parameters() {
         let q = query_at("bench", 1_700_000_000, 42);
         assert_eq!(q, format!("timestamp=1700000000&nonce=42&signature={}", signature("bench", "1700000000", "42")));
+    }
+
+    /// The test vector of docs/protocol.md §7.4.
+    #[test]
+    fn v2_matches_the_test_vector() {
+        let q = query_v2_at(
+            "qwe123",
+            "POST",
+            "/send/",
+            &[("channel", "room 1"), ("msgtype", "1001"), ("qos", "1")],
+            br#"{"n":1}"#,
+            1_700_000_000,
+            0x4f9c_2a1b_7d3e_6a5c,
+        );
+        assert_eq!(
+            q,
+            "channel=room%201&msgtype=1001&qos=1&timestamp=1700000000&nonce=4f9c2a1b7d3e6a5c\
+             &signature=4855ef57fa5d2bbb0f52dc09ffb98820947442c1bb48ecdbe20e61b5b7d7d2bc"
+        );
     }
 
     #[test]

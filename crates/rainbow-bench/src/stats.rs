@@ -1,5 +1,6 @@
 //! What connections count beyond opening: deliveries of stamped
-//! publications (fan-out), round trips (rpc) and reopenings (churn).
+//! publications (fan-out), round trips (rpc), reopenings (churn) and the
+//! attempts of hostile clients, with how the gateway ended them (hostile).
 //!
 //! Each process keeps one [`Counters`] shared by its connection tasks
 //! (atomics, and a mutex per histogram). [`Counters::stats`] snapshots the
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hostile::wire::{Attack, Outcome};
 use crate::latency::{self, Recorder};
 use crate::stamp::Stamp;
 
@@ -30,6 +32,114 @@ pub fn step_histogram(k: usize) -> String {
 pub const RPC_HISTOGRAM: &str = "rpc";
 /// Histogram name of churn reopenings (connect to 101).
 pub const REOPEN_HISTOGRAM: &str = "reopen";
+
+/// Histogram name of the time hostile attempts of `attack` took until the
+/// gateway ended them with `outcome` (a label of [`Outcome::label`]).
+pub fn hostile_histogram(attack: Attack, outcome: &str) -> String {
+    format!("hostile:{attack}:{outcome}")
+}
+
+/// Distinct outcome labels kept per attack; further ones count as "other".
+const MAX_OUTCOMES: usize = 16;
+
+/// Hostile: one attack's counts so far.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct AttackCounts {
+    /// Attempts started.
+    pub started: u64,
+    /// Attempts finished, by outcome label ([`Outcome::label`]).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Frames (WebSocket attacks) or writes (HTTP attacks) sent.
+    pub frames: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+impl AttackCounts {
+    /// Attempts finished.
+    pub fn finished(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+
+    fn merge(&mut self, o: &AttackCounts) {
+        self.started += o.started;
+        self.frames += o.frames;
+        self.bytes += o.bytes;
+        for (label, n) in &o.outcomes {
+            *self.outcomes.entry(label.clone()).or_default() += n;
+        }
+    }
+}
+
+/// Hostile: the live counters of every attack.
+#[derive(Debug, Default)]
+pub struct HostileCounters {
+    started: [AtomicU64; Attack::COUNT],
+    frames: [AtomicU64; Attack::COUNT],
+    bytes: [AtomicU64; Attack::COUNT],
+    /// Finished attempts by attack and outcome label: how many, and how long
+    /// they lasted when the gateway ended them.
+    outcomes: Mutex<BTreeMap<(Attack, String), (u64, Recorder)>>,
+}
+
+impl HostileCounters {
+    /// An attempt of `attack` started.
+    pub fn started(&self, attack: Attack) {
+        self.started[attack.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt of `attack` sent `frames` frames (or writes) of `bytes` bytes in all.
+    pub fn sent(&self, attack: Attack, frames: u64, bytes: u64) {
+        self.frames[attack.index()].fetch_add(frames, Ordering::Relaxed);
+        self.bytes[attack.index()].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// An attempt of `attack` ended with `outcome`, `after` its start.
+    pub fn ended(&self, attack: Attack, outcome: &Outcome, after: Duration) {
+        let mut map = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut label = outcome.label();
+        let labels = map.keys().filter(|(a, _)| *a == attack).count();
+        if labels >= MAX_OUTCOMES && !map.contains_key(&(attack, label.clone())) {
+            label = "other".to_string();
+        }
+        let entry = map.entry((attack, label)).or_default();
+        entry.0 += 1;
+        if outcome.by_gateway() {
+            entry.1.record_duration(after);
+        }
+    }
+
+    /// A snapshot, by attack name (attacks never started are left out).
+    pub fn counts(&self) -> BTreeMap<String, AttackCounts> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out: BTreeMap<String, AttackCounts> = BTreeMap::new();
+        for attack in Attack::ALL {
+            let (started, frames) = (load(&self.started[attack.index()]), load(&self.frames[attack.index()]));
+            if started > 0 || frames > 0 {
+                let bytes = load(&self.bytes[attack.index()]);
+                out.insert(
+                    attack.name().to_string(),
+                    AttackCounts { started, outcomes: BTreeMap::new(), frames, bytes },
+                );
+            }
+        }
+        for ((attack, label), (n, _)) in self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.entry(attack.name().to_string()).or_default().outcomes.insert(label.clone(), *n);
+        }
+        out
+    }
+
+    /// The non-empty histograms of times to the gateway's end, by name
+    /// ([`hostile_histogram`]).
+    fn histograms(&self, out: &mut BTreeMap<String, Vec<(u64, u64)>>) {
+        for ((attack, label), (_, r)) in self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !r.is_empty() {
+                out.insert(hostile_histogram(*attack, label), r.pairs());
+            }
+        }
+    }
+}
 
 /// Deliveries of one fan-out step, so far.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,6 +186,9 @@ pub struct Stats {
     pub churn_reopened: u64,
     /// Churn: reopenings that failed.
     pub churn_failed: u64,
+    /// Hostile: counts by attack name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hostile: BTreeMap<String, AttackCounts>,
 }
 
 impl Stats {
@@ -102,6 +215,9 @@ impl Stats {
         self.churn_closed += o.churn_closed;
         self.churn_reopened += o.churn_reopened;
         self.churn_failed += o.churn_failed;
+        for (attack, counts) in &o.hostile {
+            self.hostile.entry(attack.clone()).or_default().merge(counts);
+        }
     }
 
     /// The counts of step `k` (zero if none yet).
@@ -148,6 +264,8 @@ pub struct Counters {
     reopen_latency: Recorder,
     /// Churn: failure labels of reopenings.
     pub reopen_errors: Mutex<BTreeMap<String, u64>>,
+    /// Hostile: attempts by attack.
+    pub hostile: HostileCounters,
 }
 
 /// What a subscriber remembers between deliveries: the next sequence number
@@ -183,6 +301,7 @@ impl Counters {
             churn_failed: AtomicU64::new(0),
             reopen_latency: Recorder::new(),
             reopen_errors: Mutex::default(),
+            hostile: HostileCounters::default(),
         }
     }
 
@@ -288,6 +407,7 @@ impl Counters {
             churn_closed: load(&self.churn_closed),
             churn_reopened: load(&self.churn_reopened),
             churn_failed: load(&self.churn_failed),
+            hostile: self.hostile.counts(),
         }
     }
 
@@ -304,6 +424,7 @@ impl Counters {
                 out.insert(name.to_string(), r.pairs());
             }
         }
+        self.hostile.histograms(&mut out);
         out
     }
 }
@@ -357,6 +478,40 @@ mod tests {
         assert!((st.rpc_window_secs - 2.0).abs() < 1e-9);
         assert!(c.rpc_stop.load(Ordering::Relaxed));
         assert_eq!(c.histograms()[RPC_HISTOGRAM].iter().map(|(_, n)| n).sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn hostile_attempts_are_counted_by_attack_and_outcome() {
+        let c = Counters::new(Duration::from_secs(1));
+        c.hostile.started(Attack::RelFlood);
+        c.hostile.started(Attack::RelFlood);
+        c.hostile.started(Attack::Silent);
+        c.hostile.sent(Attack::RelFlood, 50, 450);
+        c.hostile.ended(Attack::RelFlood, &Outcome::Closed(Some(1008)), Duration::from_millis(250));
+        c.hostile.ended(Attack::Silent, &Outcome::Open { blocked: false }, Duration::from_secs(30));
+        let st = c.stats();
+        let rel = &st.hostile["rel-flood"];
+        assert_eq!((rel.started, rel.frames, rel.bytes, rel.finished()), (2, 50, 450, 1));
+        assert_eq!(rel.outcomes["closed 1008"], 1);
+        assert_eq!(st.hostile["silent"].outcomes["open"], 1);
+        assert!(!st.hostile.contains_key("ping-flood"));
+        // Only the gateway's ends are timed.
+        let h = c.histograms();
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["hostile:rel-flood:closed 1008"]);
+        // Labels per attack are capped.
+        for code in 0..40u16 {
+            c.hostile.ended(Attack::BigHeader, &Outcome::Http(100 + code), Duration::from_millis(1));
+        }
+        let big = &c.stats().hostile["big-header"];
+        assert_eq!(big.outcomes.len(), MAX_OUTCOMES + 1);
+        assert_eq!(big.finished(), 40);
+        // Snapshots of two processes add up.
+        let mut a = c.stats();
+        a.merge(&st);
+        assert_eq!(a.hostile["rel-flood"].started, 4);
+        assert_eq!(a.hostile["rel-flood"].outcomes["closed 1008"], 2);
+        let line = serde_json::to_string(&a).expect("serializes");
+        assert_eq!(serde_json::from_str::<Stats>(&line).expect("parses"), a);
     }
 
     #[test]

@@ -338,3 +338,119 @@ async fn connections_spread_over_every_url() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_clients_can_be_paced() {
+    let (be, _backend) = backend().await;
+    let forward = format!("{be}/message/{{message_type}}/");
+    let gw = Gateway::start_with(&[("forward_url", &forward)]).await;
+    let url = gw.url();
+    let Command::Rpc(args) = parse(&[
+        "rpc",
+        "--url",
+        &url,
+        "--clients",
+        "3",
+        "--rate-per-client",
+        "20",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "1",
+        "--no-progress",
+    ]) else {
+        panic!("not rpc")
+    };
+    let result = rainbow_bench::rpc::rpc(&args).await.expect("rpc run");
+    let g = result.gateway.expect("gateway leg");
+    // 3 clients × 20/s × 1 s, give or take the window's edges.
+    assert!((45..=75).contains(&g.round_trips), "{g:?}");
+    assert_eq!(g.failed, 0);
+    assert_eq!(result.rate_per_client, Some(20.0));
+    gw.stop().await;
+}
+
+/// Every attack runs and is reported; the ones a small `max_message_size`
+/// ends are ended with 1009, the silent ones stay open for their time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_reports_every_attack_and_how_the_gateway_ended_it() {
+    let (be, _backend) = backend().await;
+    let forward = format!("{be}/message/{{message_type}}/");
+    let gw = Gateway::start_with(&[("forward_url", &forward), ("max_message_size", "1024")]).await;
+    let url = gw.url();
+    let pid = std::process::id().to_string();
+    let Command::Hostile(args) = parse(&[
+        "hostile",
+        "--url",
+        &url,
+        "-n",
+        "16",
+        "--attack-secs",
+        "1",
+        "--pause",
+        "0.1",
+        "--duration",
+        "2.5",
+        "--dup-payload",
+        "4096",
+        "--dup-rate",
+        "50",
+        "--rel-rate",
+        "500",
+        "--ping-rate",
+        "100",
+        "--sources",
+        "127.0.0.2-127.0.0.4",
+        "--pid",
+        &pid,
+        "--no-progress",
+    ]) else {
+        panic!("not hostile")
+    };
+    let result = rainbow_bench::hostile::hostile(&args).await.expect("hostile run");
+    assert_eq!(result.connections_started, 16);
+    let names: Vec<&str> = rainbow_bench::hostile::wire::Attack::ALL.iter().map(|a| a.name()).collect();
+    assert_eq!(
+        result.per_attack.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+        names.iter().copied().collect()
+    );
+    for (name, a) in &result.per_attack {
+        assert!(a.attempts >= 2 && a.finished >= 1, "{name}: {a:?}");
+        assert_eq!(a.not_started, 0, "{name}: {a:?}");
+    }
+    let big = &result.per_attack["big-header"];
+    assert_eq!(big.outcomes.get("closed 1009").map(|o| o.count), Some(big.finished), "{big:?}");
+    assert!(big.outcomes["closed 1009"].after.expect("timed").max_ms < 1000.0);
+    assert!(result.per_attack["dup-flood"].ended_by_gateway >= 1, "{:?}", result.per_attack["dup-flood"]);
+    assert!(result.per_attack["silent"].outcomes.contains_key("open"), "{:?}", result.per_attack["silent"]);
+    assert!(result.per_attack["rel-flood"].frames_sent > 100);
+    assert!(result.gateway_rss_start_kib.is_some() && result.gateway_rss_max_kib.is_some());
+    assert!(!result.stopped_early);
+    let line = serde_json::to_string(&result).expect("serializes");
+    assert!(line.contains("\"per_attack\""));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_hostile_over_workers_prints_one_line() {
+    let gw = Gateway::start().await;
+    let url = gw.url();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rainbow-bench"))
+        .args(["hostile", "--url", &url, "-n", "10", "--per-process", "4", "--attacks", "silent,rel-flood"])
+        .args(["--rel-rate", "100", "--attack-secs", "0.5", "--pause", "0", "--duration", "1.5", "--no-progress"])
+        .output()
+        .await
+        .expect("runs the binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(v["bench"], "hostile");
+    assert_eq!(v["processes"], 4);
+    assert_eq!(v["connections_started"], 10);
+    assert!(v["per_attack"]["silent"]["attempts"].as_u64() >= Some(5), "{v}");
+    assert!(v["per_attack"]["rel-flood"]["frames_sent"].as_u64() > Some(0), "{v}");
+    assert_eq!(v["plan"]["rel_rate"], 100.0);
+    gw.stop().await;
+}

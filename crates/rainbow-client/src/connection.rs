@@ -250,8 +250,13 @@ struct Connection<'a> {
 
 impl Connection<'_> {
     async fn write(&mut self, packet: Packet) -> Result<(), End> {
+        self.write_encoded(packet.encode()).await
+    }
+
+    /// Writes a packet already encoded (an answer the QoS state made).
+    async fn write_encoded(&mut self, frame: Bytes) -> Result<(), End> {
         self.ws
-            .send(Message::Binary(packet.encode()))
+            .send(Message::Binary(frame))
             .await
             .map_err(|e| End::Lost { code: None, reason: format!("could not write to the gateway: {e}") })
     }
@@ -431,7 +436,7 @@ impl Connection<'_> {
     async fn on_send(&mut self, send: SendPacket) -> Result<(), End> {
         match self.inbound.on_send(Instant::now(), &send) {
             Ok(Disposition::Process) => {}
-            Ok(Disposition::Duplicate(Some(rec))) => return self.write(rec).await,
+            Ok(Disposition::Duplicate(Some(rec))) => return self.write_encoded(rec).await,
             Ok(Disposition::Duplicate(None)) => return Ok(()),
             Err(WindowFull(n)) => {
                 let reason = format!("{n} qos-2 messages from the gateway await their REL");
@@ -463,7 +468,7 @@ impl Connection<'_> {
             match reply {
                 Some(reply) => {
                     if let Some(answer) = self.inbound.answer(send.id, message.qos, reply) {
-                        written = self.write(answer).await;
+                        written = self.write_encoded(answer).await;
                     }
                 }
                 None => {

@@ -2,7 +2,8 @@
 //!
 //! The chat backend here is an ordinary Rainbow backend that happens to run
 //! in the same process: it listens on its own loopback port, the gateway calls
-//! its hooks over HTTP (signed), and it pushes with the signed HTTP API. No
+//! its hooks over HTTP (signed v1, as every backend gets them), and it pushes
+//! with the HTTP API, signed v2 (docs/protocol.md §7.4). No
 //! shortcut through the gateway's internals, so it doubles as an example
 //! backend written in Rust.
 //!
@@ -31,7 +32,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::signature::{self, RequestId, Verifier, unix_now};
+use crate::signature::{self, Params, Policy, RequestId, Verifier, unix_now};
 
 /// The browser client, served at `/rainbow.js` by every gateway.
 pub const RAINBOW_JS: &str = include_str!("../../../clients/js/rainbow.js");
@@ -127,24 +128,21 @@ impl ChatBackend {
 }
 
 impl Chat {
-    /// Checks the gateway's signature on a hook call.
+    /// Checks the gateway's signature on a hook call (v1, as every backend
+    /// gets them).
     fn verify(&self, method: &Method, uri: &Uri, body: &[u8]) -> bool {
         let pairs = crate::handshake::query_pairs(uri);
         let get = |name: &str| crate::handshake::param(&pairs, name);
         let id = RequestId { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), body };
-        self.verifier.verify(&self.token, (get("timestamp"), get("nonce"), get("signature")), id, unix_now()).is_ok()
+        let params = Params { timestamp: get("timestamp"), nonce: get("nonce"), signature: get("signature") };
+        self.verifier.verify(&self.token, Policy::HOOKS, params, id, unix_now()).is_ok()
     }
 
-    /// A signed API call to the gateway.
+    /// An API call to the gateway, signed v2 (bound to this path, query and
+    /// body).
     async fn api(&self, path: &str, query: &[(&str, String)], body: String) {
-        let signed = signature::sign(&self.token);
-        // The serializer is not Send, so it must not live across the await.
-        let query = {
-            let mut pairs = form_urlencoded::Serializer::new(String::new());
-            pairs.extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
-            pairs.extend_pairs(signed.pairs().iter().map(|(k, v)| (*k, v.as_str())));
-            pairs.finish()
-        };
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let query = signature::signed_query_v2(&self.token, "POST", path, &pairs, body.as_bytes());
         let url = format!("{}{path}?{query}", self.gateway);
         match self.http.post(url).body(body).send().await {
             Ok(r) if r.status().is_success() => {}

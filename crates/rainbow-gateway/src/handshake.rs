@@ -4,8 +4,10 @@
 //!   connections at `/connect/` (`transport`) and workers at `/worker/`
 //!   (`api::worker`).
 //! - Query parameters ([`query_pairs`], [`param`]).
-//! - The signature of signed calls ([`check_signature`], docs/protocol.md
-//!   §7): the backend API, `/updateconfig/` and the worker handshake.
+//! - The signature of signed calls (docs/protocol.md §7): the backend API
+//!   and `/updateconfig/` check the query ([`begin_signature`]) before they
+//!   read the body and finish ([`SignatureCheck::finish`]); the worker
+//!   handshake, which has no body, does both at once ([`check_signature`]).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -13,7 +15,7 @@ use axum::response::Response;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::warn;
 
-use crate::signature::{RequestId, SignatureError, unix_now};
+use crate::signature::{Params, Policy, QueryChecked, RequestId, SignatureError, unix_now};
 use crate::state::Gateway;
 
 /// The decoded query pairs of a request URI (empty without a query).
@@ -21,6 +23,32 @@ pub fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
     uri.query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
         .unwrap_or_default()
+}
+
+/// A query parameter is not valid UTF-8 once decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {0:?} is not valid UTF-8 once decoded")]
+pub struct BadQuery(pub String);
+
+/// The decoded query pairs of a request URI, refusing any that is not
+/// UTF-8 once decoded (where [`query_pairs`] would replace the bad bytes
+/// with U+FFFD, so that different byte strings became the same value).
+pub fn strict_query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, BadQuery> {
+    let Some(query) = uri.query() else { return Ok(Vec::new()) };
+    let decode = |part: &str| {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced).decode_utf8().map(|s| s.into_owned())
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(name).map_err(|_| BadQuery(name.to_owned()))?;
+            let value = decode(value).map_err(|_| BadQuery(name.clone()))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The first value of a query parameter.
@@ -82,14 +110,59 @@ pub enum Refused {
     /// Too many signed calls inside the signature window (replay cache
     /// full): the caller should retry later.
     Busy,
-    /// The signature is missing, wrong, stale or replayed.
+    /// The signature is missing, wrong, stale, of a refused version or
+    /// replayed.
     Signature,
 }
 
-/// Checks the signature of a call to `endpoint` (its timestamp, nonce and
-/// signature query parameters against the security token, the time window
-/// and the replay cache). A refusal is counted under
-/// `rainbow_api_calls_total{endpoint}` and logged with the side to blame.
+/// A signed call whose query passed the first half of the signature check
+/// ([`begin_signature`]); [`SignatureCheck::finish`] does the rest once the
+/// body is read.
+#[derive(Debug)]
+#[must_use = "a call is accepted only once `finish` returns Ok"]
+pub struct SignatureCheck<'g> {
+    gw: &'g Gateway,
+    endpoint: &'static str,
+    checked: QueryChecked<'g>,
+}
+
+impl SignatureCheck<'_> {
+    /// Completes the check with the body (v2: the HMAC over the request; then
+    /// the replay rule). `method` and `uri` are the request's, as given to
+    /// [`begin_signature`].
+    pub fn finish(self, method: &Method, uri: &Uri, body: &[u8]) -> Result<(), Refused> {
+        let request = RequestId { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), body };
+        self.checked.finish(request).map(|_| ()).map_err(|e| refuse(self.gw, self.endpoint, method, e))
+    }
+}
+
+/// First half of the signature check of a call to `endpoint` (docs/protocol.md
+/// §7.3): what the query alone tells (parameters, version against
+/// `api_signature`, time window; for v1 the whole signature). Nothing of the
+/// body is needed, so a caller reads it only after this passed. A refusal is
+/// counted under `rainbow_api_calls_total{endpoint}` and logged with the side
+/// to blame.
+pub fn begin_signature<'g>(
+    gw: &'g Gateway,
+    endpoint: &'static str,
+    method: &Method,
+    query: &[(String, String)],
+) -> Result<SignatureCheck<'g>, Refused> {
+    let config = gw.config();
+    let policy = Policy { accept: config.api_signature, v1_replay: config.v1_replay };
+    let params = Params {
+        timestamp: param(query, "timestamp"),
+        nonce: param(query, "nonce"),
+        signature: param(query, "signature"),
+    };
+    match gw.verifier.check_query(&config.security_token, policy, params, unix_now()) {
+        Ok(checked) => Ok(SignatureCheck { gw, endpoint, checked }),
+        Err(e) => Err(refuse(gw, endpoint, method, e)),
+    }
+}
+
+/// The whole signature check of a call whose body is at hand (the worker
+/// handshake has none): [`begin_signature`], then [`SignatureCheck::finish`].
 pub fn check_signature(
     gw: &Gateway,
     endpoint: &'static str,
@@ -98,22 +171,19 @@ pub fn check_signature(
     query: &[(String, String)],
     body: &[u8],
 ) -> Result<(), Refused> {
-    let config = gw.config();
-    let request = RequestId { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), body };
-    let params = (param(query, "timestamp"), param(query, "nonce"), param(query, "signature"));
-    match gw.verifier.verify(&config.security_token, params, request, unix_now()) {
-        Ok(()) => Ok(()),
-        Err(SignatureError::Busy) => {
-            gw.metrics.api_call(endpoint, "busy");
-            warn!(endpoint, side = "backend", "signed call refused: {}", SignatureError::Busy);
-            Err(Refused::Busy)
-        }
-        Err(e) => {
-            gw.metrics.api_call(endpoint, "signature_error");
-            warn!(endpoint, side = "backend", method = %method, "signature error: {e}");
-            Err(Refused::Signature)
-        }
+    begin_signature(gw, endpoint, method, query)?.finish(method, uri, body)
+}
+
+/// Counts and logs a refusal; every one is a warning blaming the backend.
+fn refuse(gw: &Gateway, endpoint: &'static str, method: &Method, e: SignatureError) -> Refused {
+    if e == SignatureError::Busy {
+        gw.metrics.api_call(endpoint, "busy");
+        warn!(endpoint, side = "backend", method = %method, "signed call refused: {e}");
+        return Refused::Busy;
     }
+    gw.metrics.api_call(endpoint, "signature_error");
+    warn!(endpoint, side = "backend", method = %method, "signature error: {e}");
+    Refused::Signature
 }
 
 #[cfg(test)]
@@ -147,5 +217,17 @@ mod tests {
         assert_eq!(param(&pairs, "b"), Some("x y"));
         assert_eq!(param(&pairs, "c"), None);
         assert!(query_pairs(&"/x/".parse().unwrap()).is_empty());
+        assert_eq!(strict_query_pairs(&uri).unwrap(), pairs);
+    }
+
+    /// Issue 14, finding 8: `%FF` and `%FE` both became U+FFFD, the same
+    /// channel name.
+    #[test]
+    fn a_strict_query_refuses_bytes_that_are_not_utf8() {
+        let uri: Uri = "/send/?channel=%FF&qos=1".parse().unwrap();
+        assert_eq!(strict_query_pairs(&uri), Err(BadQuery("channel".into())));
+        let uri: Uri = "/send/?channel=caf%C3%A9+1&x".parse().unwrap();
+        let pairs = strict_query_pairs(&uri).unwrap();
+        assert_eq!(pairs, [("channel".to_string(), "café 1".to_string()), ("x".to_string(), String::new())]);
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Layout, from the bottom up (each module uses only those above it in this
 //! list; `tests/` checks that no two import each other):
-//! - [`config`], [`signature`], [`metrics`]: keys and their values, request
-//!   signatures, counters.
+//! - [`logging`], [`config`], [`signature`], [`metrics`]: log lines nobody
+//!   can forge, keys and their values, request signatures, counters.
 //! - [`hub`]: connections, channels and delivery to them.
 //! - [`worker`]: the dispatcher of tasks to attached workers.
 //! - [`backend`]: the connect, forward and close hooks, answered by webhooks
@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod handshake;
 pub mod hub;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod server;
@@ -48,11 +49,10 @@ pub use config::{Config, ConfigError, Settings};
 pub use server::{Server, ServerError};
 pub use state::Gateway;
 
-/// Sets up `tracing` output, filtered by `RUST_LOG` (default `info`).
+/// Sets up `tracing` output, filtered by `RUST_LOG` (default `info`), with
+/// every value escaped (see [`logging`]).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    logging::init();
 }
 
 /// Loads the configuration: `file` (if any) < `RAINBOW_*` environment <

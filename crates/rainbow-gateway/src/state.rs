@@ -32,6 +32,9 @@ pub struct Gateway {
     /// The port the configuration asked for at start (the live
     /// configuration has the port actually bound).
     configured_port: u16,
+    /// The most connections the open-file limit allows (see
+    /// [`Gateway::connection_limit`]).
+    descriptor_cap: usize,
     /// Connections and channels.
     pub hub: Arc<Hub>,
     /// The cluster (empty when this node runs alone).
@@ -73,6 +76,7 @@ impl Gateway {
         });
         Gateway {
             configured_port: config.http_port,
+            descriptor_cap: usize::MAX,
             cluster,
             backend: Backend::new(config.max_inflight_forwards, metrics.clone(), hub.node_tag()),
             hub,
@@ -101,6 +105,18 @@ impl Gateway {
     /// The live configuration.
     pub fn config(&self) -> Arc<Config> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Caps connections at what the process's open-file limit allows.
+    pub fn with_descriptor_cap(mut self, cap: usize) -> Gateway {
+        self.descriptor_cap = cap;
+        self
+    }
+
+    /// How many client connections may be held now: `max_connections`,
+    /// never more than the open-file limit allows.
+    pub fn connection_limit(&self) -> usize {
+        self.config().max_connections.min(self.descriptor_cap)
     }
 
     /// Re-reads the configuration and swaps it in. Keys read only at start

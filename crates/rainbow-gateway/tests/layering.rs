@@ -11,6 +11,7 @@ use std::path::Path;
 
 /// Bottom first.
 const LAYERS: &[&str] = &[
+    "logging",
     "config",
     "signature",
     "metrics",

@@ -4,11 +4,14 @@
 //! arrives (at least once) and answered with an ACK. qos 2 is where state
 //! lives: [`Inbound`] remembers each qos-2 id from its SEND until the REL, and
 //! a SEND with a remembered id is not processed again (exactly once, docs/protocol.md §2).
-//! Once the reply is known it is remembered too, so a duplicate that arrives
-//! after our REC (the REC was lost) gets the same REC again instead of silence.
+//! Once the reply is known its encoded REC is remembered too, so a duplicate
+//! that arrives after our REC (the REC was lost) gets the same REC again
+//! instead of silence: the same bytes, shared, never a new copy, however
+//! many duplicates come.
 //!
-//! The window is bounded. When it is full, ids older than `max_age` (their REL
-//! never came) are dropped first; if it is still full the SEND is refused with
+//! The window is bounded, in ids and in the bytes of the remembered RECs.
+//! When it is full, ids older than `max_age` (their REL never came) are
+//! dropped first; if it is still full the SEND is refused with
 //! [`WindowFull`] and the caller closes the connection. The sender's half is
 //! [`crate::outbound`].
 
@@ -25,17 +28,21 @@ use crate::packet::{Packet, Qos, Reply, SendPacket};
 pub struct InboundConfig {
     /// How many qos-2 ids may await their REL at once.
     pub max_unreleased: usize,
+    /// How many bytes of remembered RECs they may hold at once (a new qos-2
+    /// SEND is refused while they hold more).
+    pub max_remembered_bytes: usize,
     /// After this long without a REL an id may be forgotten to make room.
     pub max_age: Duration,
 }
 
 impl Default for InboundConfig {
     fn default() -> Self {
-        InboundConfig { max_unreleased: 128, max_age: Duration::from_secs(300) }
+        InboundConfig { max_unreleased: 128, max_remembered_bytes: 16 << 20, max_age: Duration::from_secs(300) }
     }
 }
 
-/// The qos-2 window is full of ids whose REL has not come.
+/// The qos-2 window is full of ids whose REL has not come (or of their
+/// replies' bytes).
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 #[error("{0} qos-2 messages await their REL")]
 pub struct WindowFull(pub usize);
@@ -47,15 +54,15 @@ pub enum Disposition {
     /// [`Inbound::failed`] if processing failed).
     Process,
     /// A qos-2 duplicate inside the window: do not process it. If the reply is
-    /// already known, write this REC again.
-    Duplicate(Option<Packet>),
+    /// already known, write this encoded REC again (a shared copy).
+    Duplicate(Option<Bytes>),
 }
 
 #[derive(Debug)]
 struct Pending {
     since: Instant,
-    /// The reply, once processing finished.
-    reply: Option<Bytes>,
+    /// The encoded REC, once processing finished.
+    rec: Option<Bytes>,
 }
 
 /// Receiver-side QoS state for one connection and direction.
@@ -63,12 +70,30 @@ struct Pending {
 pub struct Inbound {
     config: InboundConfig,
     unreleased: HashMap<u16, Pending>,
+    /// The bytes of the remembered RECs.
+    remembered: usize,
 }
 
 impl Inbound {
     /// An empty window. Allocates nothing until the first qos-2 SEND.
     pub fn new(config: InboundConfig) -> Self {
-        Inbound { config, unreleased: HashMap::new() }
+        Inbound { config, unreleased: HashMap::new(), remembered: 0 }
+    }
+
+    /// Whether qos-2 id `id` awaits its REL (a REL for it is expected).
+    pub fn awaits_rel(&self, id: u16) -> bool {
+        self.unreleased.contains_key(&id)
+    }
+
+    /// Bytes of the RECs remembered for duplicates.
+    pub fn remembered_bytes(&self) -> usize {
+        self.remembered
+    }
+
+    fn forget(&mut self, id: u16) {
+        if let Some(Pending { rec: Some(rec), .. }) = self.unreleased.remove(&id) {
+            self.remembered -= rec.len();
+        }
     }
 
     /// How many qos-2 ids await their REL.
@@ -84,31 +109,44 @@ impl Inbound {
             return Ok(Disposition::Process);
         }
         if let Some(pending) = self.unreleased.get(&send.id) {
-            let rec = pending.reply.clone().map(|payload| Packet::Rec(Reply { id: send.id, payload }));
-            return Ok(Disposition::Duplicate(rec));
+            return Ok(Disposition::Duplicate(pending.rec.clone()));
         }
-        if self.unreleased.len() >= self.config.max_unreleased {
+        let full = |inb: &Inbound| {
+            inb.unreleased.len() >= inb.config.max_unreleased || inb.remembered >= inb.config.max_remembered_bytes
+        };
+        if full(self) {
             let max_age = self.config.max_age;
-            self.unreleased.retain(|_, p| now.saturating_duration_since(p.since) < max_age);
-            if self.unreleased.len() >= self.config.max_unreleased {
+            let stale: Vec<u16> = self
+                .unreleased
+                .iter()
+                .filter(|(_, p)| now.saturating_duration_since(p.since) >= max_age)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                self.forget(id);
+            }
+            if full(self) {
                 return Err(WindowFull(self.unreleased.len()));
             }
         }
-        self.unreleased.insert(send.id, Pending { since: now, reply: None });
+        self.unreleased.insert(send.id, Pending { since: now, rec: None });
         Ok(Disposition::Process)
     }
 
-    /// Processing of `send` produced `reply`: returns the ACK (qos 1) or REC
-    /// (qos 2) to write, or `None` for qos 0.
-    pub fn answer(&mut self, send_id: u16, qos: Qos, reply: Bytes) -> Option<Packet> {
+    /// Processing of `send` produced `reply`: returns the encoded answer to
+    /// write (an ACK at qos 1, a REC at qos 2), or `None` at qos 0. A REC is
+    /// remembered for duplicates until the REL.
+    pub fn answer(&mut self, send_id: u16, qos: Qos, reply: Bytes) -> Option<Bytes> {
         match qos {
             Qos::AtMostOnce => None,
-            Qos::AtLeastOnce => Some(Packet::Ack(Reply { id: send_id, payload: reply })),
+            Qos::AtLeastOnce => Some(Packet::Ack(Reply { id: send_id, payload: reply }).encode()),
             Qos::ExactlyOnce => {
+                let rec = Packet::Rec(Reply { id: send_id, payload: reply }).encode();
                 if let Some(p) = self.unreleased.get_mut(&send_id) {
-                    p.reply = Some(reply.clone());
+                    let old = p.rec.replace(rec.clone()).map_or(0, |r| r.len());
+                    self.remembered = self.remembered - old + rec.len();
                 }
-                Some(Packet::Rec(Reply { id: send_id, payload: reply }))
+                Some(rec)
             }
         }
     }
@@ -117,14 +155,14 @@ impl Inbound {
     /// processed (docs/protocol.md §4).
     pub fn failed(&mut self, send_id: u16, qos: Qos) {
         if qos == Qos::ExactlyOnce {
-            self.unreleased.remove(&send_id);
+            self.forget(send_id);
         }
     }
 
     /// A REL arrived: forget the id and return the COM to write. Unknown ids
     /// are answered too (our earlier COM may have been lost).
     pub fn on_rel(&mut self, id: u16) -> Packet {
-        self.unreleased.remove(&id);
+        self.forget(id);
         Packet::Com(id)
     }
 }
@@ -148,7 +186,7 @@ mod tests {
         assert_eq!(inb.unreleased(), 0);
         assert_eq!(
             inb.answer(5, Qos::AtLeastOnce, Bytes::from_static(b"r")),
-            Some(Packet::Ack(Reply { id: 5, payload: Bytes::from_static(b"r") }))
+            Some(Packet::Ack(Reply { id: 5, payload: Bytes::from_static(b"r") }).encode())
         );
         assert_eq!(inb.answer(0, Qos::AtMostOnce, Bytes::new()), None);
     }
@@ -162,8 +200,16 @@ mod tests {
         assert_eq!(inb.on_send(now, &send(Qos::ExactlyOnce, 9, true)), Ok(Disposition::Duplicate(None)));
         let rec = inb.answer(9, Qos::ExactlyOnce, Bytes::from_static(b"once")).unwrap();
         // Answered: the duplicate gets the same REC again.
-        assert_eq!(inb.on_send(now, &send(Qos::ExactlyOnce, 9, true)), Ok(Disposition::Duplicate(Some(rec))));
+        assert_eq!(rec, Packet::Rec(Reply { id: 9, payload: Bytes::from_static(b"once") }).encode());
+        let Ok(Disposition::Duplicate(Some(again))) = inb.on_send(now, &send(Qos::ExactlyOnce, 9, true)) else {
+            panic!("expected the remembered REC")
+        };
+        assert_eq!(again, rec);
+        assert_eq!(again.as_ptr(), rec.as_ptr(), "the same bytes, not a copy");
+        assert!(inb.awaits_rel(9));
         assert_eq!(inb.on_rel(9), Packet::Com(9));
+        assert_eq!(inb.remembered_bytes(), 0);
+        assert!(!inb.awaits_rel(9));
         // After REL the id is free: a new message with it is processed.
         assert_eq!(inb.on_send(now, &send(Qos::ExactlyOnce, 9, false)), Ok(Disposition::Process));
     }
@@ -180,7 +226,7 @@ mod tests {
     #[test]
     fn window_is_bounded_and_evicts_only_stale_ids() {
         let t0 = Instant::now();
-        let config = InboundConfig { max_unreleased: 2, max_age: Duration::from_secs(60) };
+        let config = InboundConfig { max_unreleased: 2, max_age: Duration::from_secs(60), ..Default::default() };
         let mut inb = Inbound::new(config);
         inb.on_send(t0, &send(Qos::ExactlyOnce, 1, false)).unwrap();
         inb.on_send(t0, &send(Qos::ExactlyOnce, 2, false)).unwrap();
@@ -188,6 +234,19 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         assert_eq!(inb.on_send(later, &send(Qos::ExactlyOnce, 3, false)), Ok(Disposition::Process));
         assert_eq!(inb.unreleased(), 1);
+    }
+
+    #[test]
+    fn remembered_recs_are_bounded_in_bytes() {
+        let t0 = Instant::now();
+        let config = InboundConfig { max_remembered_bytes: 100, ..Default::default() };
+        let mut inb = Inbound::new(config);
+        inb.on_send(t0, &send(Qos::ExactlyOnce, 1, false)).unwrap();
+        inb.answer(1, Qos::ExactlyOnce, Bytes::from(vec![0u8; 200])).unwrap();
+        assert!(inb.remembered_bytes() > 200);
+        assert_eq!(inb.on_send(t0, &send(Qos::ExactlyOnce, 2, false)), Err(WindowFull(1)));
+        inb.on_rel(1);
+        assert_eq!(inb.on_send(t0, &send(Qos::ExactlyOnce, 2, false)), Ok(Disposition::Process));
     }
 
     #[test]

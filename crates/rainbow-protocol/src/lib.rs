@@ -8,7 +8,8 @@
 //! - [`inbound`]: the receiver of a SEND: the qos-2 dedup window.
 //! - [`envelope`]: header + body framing of the gateway's internal messages
 //!   (cluster nodes, workers).
-//! - [`signature`]: the docs/protocol.md §7 signature of hook and API calls.
+//! - [`signature`]: the docs/protocol.md §7 signatures of hook and API calls
+//!   (v1, and v2 binding the request).
 //! - [`worker`]: the worker protocol's frames (`docs/worker-protocol.md`),
 //!   both directions, shared by the gateway and the `rainbow-worker` SDK.
 //!

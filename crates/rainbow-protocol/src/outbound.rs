@@ -118,6 +118,11 @@ impl<T> Outbound<T> {
         self.in_flight.len()
     }
 
+    /// Whether id `id` is in flight (an answer to it is expected).
+    pub fn awaits(&self, id: u16) -> bool {
+        self.in_flight.contains_key(&id)
+    }
+
     /// Whether another qos > 0 SEND would be accepted now.
     pub fn has_capacity(&self) -> bool {
         self.in_flight.len() < self.config.max_in_flight
@@ -201,10 +206,13 @@ impl<T> Outbound<T> {
     }
 
     /// A COM arrived: the qos-2 exchange is over and its id is free.
-    pub fn on_com(&mut self, id: u16) {
+    /// Returns whether a COM was awaited for this id.
+    pub fn on_com(&mut self, id: u16) -> bool {
         if let Some(Entry { stage: Stage::AwaitingCom { .. }, .. }) = self.in_flight.get(&id) {
             self.in_flight.remove(&id);
+            return true;
         }
+        false
     }
 
     /// The earliest instant at which [`Outbound::on_timeout`] has work.

@@ -1,8 +1,13 @@
 //! [`WorkerConfig`]: where the gateway is, the shared token, the window
 //! (credits), and reconnection; plus building the signed handshake URL
-//! (docs/worker-protocol.md §1).
+//! (docs/worker-protocol.md §1). The handshake is signed v2 (HMAC-SHA256
+//! over the method, path and query, docs/protocol.md §7.4) unless the user
+//! asks for v1 to reach a gateway older than v2 signatures.
 
 use std::time::Duration;
+
+pub use rainbow_protocol::signature::Version as SignatureVersion;
+use rainbow_protocol::signature::{self as formula, SIGNING_PARAMS};
 
 use crate::error::WorkerError;
 
@@ -29,6 +34,7 @@ pub struct WorkerConfig {
     pub(crate) max_message_size: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) signature: SignatureVersion,
 }
 
 /// Largest window the protocol allows.
@@ -52,7 +58,17 @@ impl WorkerConfig {
             max_message_size: (1 << 20) + 64 * 1024,
             ping_interval: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(10),
+            signature: SignatureVersion::V2,
         }
+    }
+
+    /// How the handshake is signed (docs/protocol.md §7): v2 by default;
+    /// [`SignatureVersion::V1`] for a gateway older than v2 signatures (one
+    /// that answers a v2-signed handshake with 401). A gateway configured with
+    /// `api_signature = v2` refuses v1.
+    pub fn signature_version(mut self, version: SignatureVersion) -> WorkerConfig {
+        self.signature = version;
+        self
     }
 
     /// The name shown in the gateway's logs and `/serverinfo/` (≤ 64 bytes).
@@ -127,31 +143,49 @@ impl WorkerConfig {
             .map(|d| d.as_secs())
             .unwrap_or(0)
             .to_string();
-        let nonce = rand::random::<u32>().to_string();
-        let signature = signature(&self.token, &timestamp, &nonce);
-        url.push(if url.contains('?') { '&' } else { '?' });
-        url.push_str(&format!("timestamp={timestamp}&nonce={nonce}&signature={signature}"));
-        if let Some(name) = &self.name {
-            url.push_str("&name=");
-            encode_component(name, &mut url);
+        match self.signature {
+            SignatureVersion::V1 => {
+                let nonce = rand::random::<u32>().to_string();
+                let signature = signature(&self.token, &timestamp, &nonce);
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&format!("timestamp={timestamp}&nonce={nonce}&signature={signature}"));
+                if let Some(name) = &self.name {
+                    url.push_str("&name=");
+                    url.push_str(&formula::percent_encode(name.as_bytes()));
+                }
+                Ok(url)
+            }
+            SignatureVersion::V2 => {
+                let nonce = formula::nonce_v2(rand::random());
+                Ok(signed_v2(&url, &self.token, self.name.as_deref(), &timestamp, &nonce))
+            }
         }
-        Ok(url)
     }
+}
+
+/// `url` (`ws[s]://HOST[:PORT]/PATH[?QUERY]`) with its query rebuilt and
+/// signed v2 for a `GET`: the URL's own parameters (but any `timestamp`,
+/// `nonce`, `signature` or `name`), then `name`, `timestamp`, `nonce` and
+/// `signature`.
+fn signed_v2(url: &str, token: &str, name: Option<&str>, timestamp: &str, nonce: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    // The path as the request line will carry it: after the authority.
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |at| &after_scheme[at..]);
+    let given: Vec<(String, String)> = formula::query_pairs(query)
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+        .filter(|(k, _)| !SIGNING_PARAMS.contains(&k.as_str()) && k != "name")
+        .collect();
+    let mut pairs: Vec<(&str, &str)> = given.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Some(name) = name {
+        pairs.push(("name", name));
+    }
+    let query = formula::signed_query_v2(token, "GET", path, &pairs, b"", timestamp, nonce);
+    format!("{base}?{query}")
 }
 
 pub use rainbow_protocol::signature::signature;
-
-fn encode_component(s: &str, out: &mut String) {
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -167,13 +201,54 @@ mod tests {
 
     #[test]
     fn urls_are_normalised_and_signed() {
-        let url = WorkerConfig::new("http://h:1984", "t").name("a b").signed_url().unwrap();
+        let v1 = |c: WorkerConfig| c.signature_version(SignatureVersion::V1);
+        let url = v1(WorkerConfig::new("http://h:1984", "t").name("a b")).signed_url().unwrap();
         assert!(url.starts_with("ws://h:1984/worker/?timestamp="), "{url}");
         assert!(url.ends_with("&name=a%20b"), "{url}");
-        let url = WorkerConfig::new("ws://h:1/w/?x=1", "t").signed_url().unwrap();
+        let url = v1(WorkerConfig::new("ws://h:1/w/?x=1", "t")).signed_url().unwrap();
         assert!(url.starts_with("ws://h:1/w/?x=1&timestamp="), "{url}");
+        // v2 by default: the URL's own query, the name, then the signing parameters.
+        let url = WorkerConfig::new("http://h:1984", "t").name("a b").signed_url().unwrap();
+        assert!(url.starts_with("ws://h:1984/worker/?name=a%20b&timestamp="), "{url}");
+        let url = WorkerConfig::new("wss://h/w/?x=1+2&nonce=old", "t").signed_url().unwrap();
+        assert!(url.starts_with("wss://h/w/?x=1%202&timestamp="), "{url}");
+        assert_eq!(url.matches("nonce=").count(), 1, "{url}");
         assert!(WorkerConfig::new("ftp://h", "t").signed_url().is_err());
         assert!(WorkerConfig::new("ws://", "t").signed_url().is_err());
+    }
+
+    /// The test vector of docs/protocol.md §7.4, through the library's
+    /// own formula.
+    #[test]
+    fn v2_matches_the_test_vector() {
+        let query = formula::signed_query_v2(
+            "qwe123",
+            "POST",
+            "/send/",
+            &[("channel", "room 1"), ("msgtype", "1001"), ("qos", "1")],
+            br#"{"n":1}"#,
+            "1700000000",
+            "4f9c2a1b7d3e6a5c",
+        );
+        assert!(query.ends_with("&signature=4855ef57fa5d2bbb0f52dc09ffb98820947442c1bb48ecdbe20e61b5b7d7d2bc"));
+    }
+
+    #[test]
+    fn v2_handshake_urls_verify() {
+        let url = signed_v2("ws://h:1/worker/?x=1", "qwe123", Some("w 1"), "1700000000", "abc");
+        let (base, query) = url.split_once('?').unwrap();
+        assert_eq!(base, "ws://h:1/worker/");
+        let signature = query.rsplit_once("signature=").unwrap().1;
+        let canonical = formula::canonical_request(
+            "GET",
+            "/worker/",
+            &formula::canonical_query_of(query),
+            &formula::body_digest(b""),
+            "1700000000",
+            "abc",
+        );
+        assert_eq!(canonical.lines().nth(3), Some("name=w%201&nonce=abc&timestamp=1700000000&x=1"));
+        assert_eq!(signature, formula::signature_v2("qwe123", &canonical));
     }
 
     #[test]

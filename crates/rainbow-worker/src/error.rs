@@ -12,8 +12,17 @@ pub enum WorkerError {
     #[error("invalid gateway URL {0:?}: expected ws://HOST:PORT/worker/ (or http://HOST:PORT)")]
     InvalidUrl(String),
     /// The gateway refused the handshake: with 401 the security token is
-    /// wrong or the clocks differ by more than the signature window.
-    #[error("the gateway refused the worker handshake with HTTP {status}: {body}")]
+    /// wrong, the clocks differ by more than the signature window, or the
+    /// gateway does not take this signature version.
+    #[error(
+        "the gateway refused the worker handshake with HTTP {status}: {body}{hint}",
+        hint = if *status == 401 {
+            " (check that the token is the gateway's security_token and this host's clock; \
+             a gateway older than v2 signatures needs WorkerConfig::signature_version(SignatureVersion::V1))"
+        } else {
+            ""
+        }
+    )]
     Refused {
         /// The HTTP status.
         status: u16,

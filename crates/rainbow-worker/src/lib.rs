@@ -42,7 +42,7 @@ pub mod task;
 pub mod worker;
 
 pub use api::{Api, Message};
-pub use config::WorkerConfig;
+pub use config::{SignatureVersion, WorkerConfig};
 pub use dedup::{DedupStore, FileDedup, MemoryDedup, Record};
 pub use error::WorkerError;
 pub use task::{Reply, Task, TaskKind};

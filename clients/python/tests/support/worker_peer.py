@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from rainbow.backend import NonceCache, verify_signature
+from rainbow.backend import NonceCache, verify_signature, verify_signature_v2
 from rainbow.worker import decode_frame, encode_frame
 
 Frame = Tuple[Dict[str, Any], bytes]
@@ -88,7 +88,12 @@ class WorkerPeer:
         if parts.path != "/worker/":
             return connection.respond(404, "not found\n")
         ts, nonce, sig = query.get("timestamp"), query.get("nonce"), query.get("signature")
-        if not verify_signature(self.token, ts, nonce, sig) or not self._nonces.check_and_add(str(ts), str(nonce)):
+        if len(sig or "") == 64:  # v2, the SDK's default: bound to the path and query
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+            valid = verify_signature_v2(self.token, "GET", parts.path, pairs, b"")
+        else:
+            valid = verify_signature(self.token, ts, nonce, sig)
+        if not valid or not self._nonces.check_and_add(str(ts), str(nonce)):
             rsp = connection.respond(401, json.dumps({"status": 1, "msg": "signature error"}))
             return rsp
         self._queries[id(connection)] = query

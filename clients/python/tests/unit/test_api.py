@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from rainbow import RainbowAPIError, RainbowAPIUnreachable
-from rainbow.backend import AsyncRainbowAPI, RainbowAPI, verify_signature
+from rainbow.backend import AsyncRainbowAPI, RainbowAPI, verify_signature, verify_signature_v2
 
 TOKEN = "qwe123"
 
@@ -39,6 +39,7 @@ class FakeGateway:
                         "method": self.command,
                         "path": parts.path,
                         "query": dict(parse_qsl(parts.query)),
+                        "pairs": parse_qsl(parts.query, keep_blank_values=True),
                         "body": self.rfile.read(length),
                         "headers": dict(self.headers),
                     }
@@ -75,8 +76,33 @@ def gateway() -> Iterator[FakeGateway]:
 
 
 def assert_signed(call: Dict[str, Any]) -> None:
-    q = call["query"]
-    assert verify_signature(TOKEN, q["timestamp"], q["nonce"], q["signature"]), q
+    """Signed v2 over this very request (method, path, query, body)."""
+    assert verify_signature_v2(TOKEN, call["method"], call["path"], call["pairs"], call["body"]), call
+    assert len(call["query"]["signature"]) == 64
+
+
+def test_v2_signatures_bind_the_request_and_v1_is_an_option(gateway: FakeGateway) -> None:
+    api = RainbowAPI(gateway.url, TOKEN)
+    api.send("room 1", 1001, {"n": 1}, qos=1)
+    api.subscribe("room", "i" * 64)
+    first, second = gateway.calls
+    assert_signed(first)
+    assert_signed(second)
+    assert not verify_signature_v2(TOKEN, "POST", "/sub/", first["pairs"], first["body"]), "bound to its path"
+    assert first["query"]["channel"] == "room 1"
+    old = RainbowAPI(gateway.url, TOKEN, signature="v1")
+    old.send("room", 1, "x")
+    q = gateway.calls[2]["query"]
+    assert len(q["signature"]) == 40 and verify_signature(TOKEN, q["timestamp"], q["nonce"], q["signature"])
+    with pytest.raises(ValueError, match="v1"):
+        RainbowAPI(gateway.url, TOKEN, signature="v3")
+
+
+def test_v2_signs_the_path_with_the_url_prefix(gateway: FakeGateway) -> None:
+    RainbowAPI(gateway.url + "/rainbow/", TOKEN).send("room", 1, "x")
+    call = gateway.calls[0]
+    assert call["path"] == "/rainbow/send/"
+    assert_signed(call)
 
 
 def test_send_posts_the_payload_with_signed_params(gateway: FakeGateway) -> None:

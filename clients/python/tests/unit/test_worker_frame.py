@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 
 import rainbow
-from rainbow.backend import make_signature, verify_signature
+from rainbow.backend import make_signature, make_signature_v2, verify_signature, verify_signature_v2
 from rainbow.worker import FrameError, WorkerProtocolError, decode_frame, encode_frame, worker_url
 
 
@@ -93,7 +93,7 @@ def query(url: str) -> dict:
 
 
 def test_url_is_signed_like_an_api_call() -> None:
-    url = worker_url("ws://127.0.0.1:1984/worker/", "qwe123", "chat", timestamp=1700000000, nonce=42)
+    url = worker_url("ws://127.0.0.1:1984/worker/", "qwe123", "chat", timestamp=1700000000, nonce=42, signature="v1")
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.path) == ("ws", "127.0.0.1:1984", "/worker/")
     q = query(url)
@@ -105,8 +105,23 @@ def test_url_is_signed_like_an_api_call() -> None:
     }
 
 
+def test_v2_url_is_signed_over_path_and_query() -> None:
+    url = worker_url("ws://127.0.0.1:1984/worker/?x=a+b", "qwe123", "chat 1", timestamp=1700000000, nonce="abc")
+    parts = urlsplit(url)
+    assert parts.query.startswith("x=a%20b&name=chat%201&timestamp=1700000000&nonce=abc&signature=")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    assert verify_signature_v2("qwe123", "GET", "/worker/", pairs, b"", now=1700000000)
+    assert not verify_signature_v2("qwe123", "GET", "/other/", pairs, b"", now=1700000000)
+    assert make_signature_v2(
+        "qwe123", "GET", "/worker/", [("x", "a b"), ("name", "chat 1")], b"", 1700000000, "abc"
+    ) == dict(pairs)["signature"]
+    with pytest.raises(ValueError):
+        worker_url("ws://h:1/worker/", "t", signature="v3")
+
+
 def test_fresh_url_verifies_and_nonces_differ() -> None:
-    a, b = query(worker_url("ws://h:1/worker/", "tok")), query(worker_url("ws://h:1/worker/", "tok"))
+    v1 = lambda: query(worker_url("ws://h:1/worker/", "tok", signature="v1"))  # noqa: E731
+    a, b = v1(), v1()
     assert verify_signature("tok", a["timestamp"], a["nonce"], a["signature"])
     assert not verify_signature("other", a["timestamp"], a["nonce"], a["signature"])
     assert a["nonce"] != b["nonce"]
@@ -129,7 +144,7 @@ def test_url_forms(given: str, scheme: str, path: str) -> None:
 
 
 def test_old_signature_params_are_replaced_and_others_kept() -> None:
-    q = query(worker_url("ws://h:1/worker/?x=1&signature=old&nonce=1", "t", timestamp=5, nonce=6))
+    q = query(worker_url("ws://h:1/worker/?x=1&signature=old&nonce=1", "t", timestamp=5, nonce=6, signature="v1"))
     assert q["x"] == "1" and q["nonce"] == "6" and q["signature"] == make_signature("t", 5, 6)
 
 

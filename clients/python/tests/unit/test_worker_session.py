@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import pytest
 
 import rainbow
-from rainbow.backend import verify_signature
 from rainbow.worker import EndpointMissing, MessageRequest, SignatureRefused, Worker
 from rainbow.worker import app as app_module
 from support.worker_peer import WorkerPeer
@@ -60,7 +59,13 @@ def test_handshake_is_signed_and_hello_carries_credits(peer: WorkerPeer, running
     conn = peer.conn()
     assert conn.hello == {"op": "hello", "version": 1, "credits": 3}
     q = conn.query
-    assert q["name"] == "chat" and verify_signature(TOKEN, q["timestamp"], q["nonce"], q["signature"])
+    assert q["name"] == "chat" and len(q["signature"]) == 64, "signed v2 (the stand-in verified it)"
+    assert app.attached
+
+
+def test_the_handshake_can_be_signed_v1_for_an_old_gateway(peer: WorkerPeer, running: List[Worker]) -> None:
+    app = start(peer, running, signature="v1")
+    assert len(peer.conn().query["signature"]) == 40
     assert app.attached
 
 

@@ -49,7 +49,11 @@ pub struct Authenticated {
     pub body: Bytes,
 }
 
-/// Reads the body and checks the signature. On failure returns the answer
+/// Checks the signature and reads the body, in the order that never waits
+/// for the body of a call that cannot be right: first what the query alone
+/// tells (docs/protocol.md §7.3 step 1), then the body (up to
+/// `max_message_size`, within `body_timeout`), then the rest of the check
+/// (v2's HMAC over the body, the replay rule). On failure returns the answer
 /// to send, already counted under `endpoint`.
 pub async fn signed(
     gw: &Gateway,
@@ -58,21 +62,33 @@ pub async fn signed(
     body: Body,
 ) -> Result<Authenticated, Response> {
     let config = gw.config();
-    let body = match to_bytes(body, config.max_message_size).await {
-        Ok(body) => body,
-        Err(_) => {
+    let query = handshake::query_pairs(&parts.uri);
+    let check = handshake::begin_signature(gw, endpoint, &parts.method, &query).map_err(refusal)?;
+    let body = match tokio::time::timeout(config.body_timeout, to_bytes(body, config.max_message_size)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
             gw.metrics.api_call(endpoint, "too_large");
             let msg =
                 json!({"status": 1, "msg": format!("body over max_message_size ({} bytes)", config.max_message_size)});
             return Err((StatusCode::PAYLOAD_TOO_LARGE, Json(msg)).into_response());
         }
-    };
-    let query = handshake::query_pairs(&parts.uri);
-    match handshake::check_signature(gw, endpoint, &parts.method, &parts.uri, &query, &body) {
-        Ok(()) => Ok(Authenticated { query, body }),
-        Err(Refused::Busy) => {
-            Err((StatusCode::TOO_MANY_REQUESTS, Json(json!({"status": 1, "msg": "too many requests"}))).into_response())
+        Err(_) => {
+            gw.metrics.api_call(endpoint, "body_timeout");
+            tracing::debug!(endpoint, side = "client", "request body not received within body_timeout");
+            let msg = json!({"status": 1, "msg": "request body not received in time"});
+            return Err((StatusCode::REQUEST_TIMEOUT, Json(msg)).into_response());
         }
-        Err(Refused::Signature) => Err(failure("signature error")),
+    };
+    check.finish(&parts.method, &parts.uri, &body).map_err(refusal)?;
+    Ok(Authenticated { query, body })
+}
+
+/// The answer to a refused signature.
+fn refusal(refused: Refused) -> Response {
+    match refused {
+        Refused::Busy => {
+            (StatusCode::TOO_MANY_REQUESTS, Json(json!({"status": 1, "msg": "too many requests"}))).into_response()
+        }
+        Refused::Signature => failure("signature error"),
     }
 }

@@ -26,10 +26,17 @@ use crate::state::Gateway;
 /// `POST /send/?channel=C&msgtype=T&qos=Q&timeout=S`, body = payload.
 pub async fn send(State(gw): State<Arc<Gateway>>, request: HttpRequest) -> Response {
     let (parts, body) = request.into_parts();
-    match signed(&gw, "send", &parts, body).await {
-        Ok(call) => run(&gw, "send", Request::parse(Op::Send, &Query(&call.query), call.body)).await,
-        Err(response) => response,
-    }
+    let call = match signed(&gw, "send", &parts, body).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    // Read again strictly: a channel that is not UTF-8 is refused, not
+    // merged with others by the replacement character.
+    let request = match crate::handshake::strict_query_pairs(&parts.uri) {
+        Ok(query) => Request::parse(Op::Send, &Query(&query), call.body),
+        Err(_) => Err(Problem::Params),
+    };
+    run(&gw, "send", request).await
 }
 
 /// `POST /sub/`, body `{"identity": I, "channel": C, "occupy": bool}`.

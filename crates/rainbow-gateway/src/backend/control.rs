@@ -126,7 +126,13 @@ mod tests {
     #[test]
     fn applies_unsub_before_sub() {
         let hub = Hub::new(8);
-        let conn = Arc::new(Connection::new(Identity::random(), "127.0.0.1:1".parse().unwrap(), None, 8, 1));
+        let conn = Arc::new(Connection::new(
+            Identity::random(),
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            crate::hub::Limits::new(8, 1 << 20),
+            1,
+        ));
         hub.subscribe(&conn, "room").unwrap();
         let c = Control { subscribe: vec!["room".into()], unsubscribe: vec!["room".into()], ..Default::default() };
         c.apply(&hub, &conn);

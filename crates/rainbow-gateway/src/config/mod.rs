@@ -14,6 +14,7 @@
 
 pub mod file;
 pub mod route;
+pub mod signing;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,7 +63,11 @@ keys! {
     "max_inflight_forwards" = "1024" : "Forward calls in flight across the whole gateway.",
     "max_message_size" = "1MiB" : "Largest client message (bigger closes with 1009) and largest API body.",
     "outbox_capacity" = "1024" : "Messages queued towards one client; a client that lets it fill is closed with 1008 \"slow consumer\".",
-    "max_connections" = "100000" : "Connections held at once; further handshakes get 503.",
+    "max_queued_bytes" = "4MiB" : "Bytes one client connection may have waiting, in each of: its outbox (pushes and answers; over it the client is closed with 1008), its forward queue (over it the gateway stops reading the client) and its qos-2 replies kept until their REL (over it a new qos-2 message closes the client with 1008). Each item counts 64 bytes more than its payload. At least max_message_size.",
+    "max_connections" = "100000" : "Connections held at once; further handshakes get 503. Never more than the process's open-file limit allows (less 512 kept for HTTP and hook calls).",
+    "max_http_connections" = "4096" : "Accepted sockets that are not client WebSockets (handshakes under way, API and worker HTTP connections). A new one beyond it closes the oldest that is not serving a request, or is refused when all are busy.",
+    "head_timeout" = "10s" : "Time a socket has to send a complete request head, from its opening or, kept alive, from its previous answer (so also how long an idle keep-alive connection is kept).",
+    "body_timeout" = "10s" : "Time a signed API call has to send its whole body once its signature checked out.",
     "max_channels_per_connection" = "256" : "Channels one connection may be subscribed to; further subscriptions are refused and logged.",
     "max_message_rate" = "1000" : "Messages per second one client may send (burst of twice that); above it the client is closed with 1008. 0 disables.",
     "ping_interval" = "25s" : "Idle time after which the gateway pings a client.",
@@ -72,6 +77,8 @@ keys! {
     "qos2_window" = "128" : "qos-2 message ids per client remembered until their REL; a client exceeding it is closed with 1008.",
     "signature_window" = "10s" : "Accepted clock difference of API signatures.",
     "replay_cache_size" = "1000000" : "Signed API requests remembered for replay rejection inside the signature window.",
+    "api_signature" = "any" : "Signatures accepted on the API and the worker handshake: `v1` (the original's SHA-1), `v2` (HMAC-SHA256 binding the request) or `any` (either, told apart by length). `v2` makes a captured v1 signature useless.",
+    "v1_replay" = "reject" : "An identical v1-signed API request inside the signature window: `reject` it as a replay, or `allow` it (for rainbow-django 0.2, whose identical calls in one second collide).",
     "shutdown_timeout" = "10s" : "On SIGTERM/SIGINT, how long to wait for close hooks before exiting.",
     }
     ["cluster"] {
@@ -239,8 +246,17 @@ pub struct Config {
     pub max_message_size: usize,
     /// Per-connection outbound queue bound, messages.
     pub outbox_capacity: usize,
+    /// Per-connection byte bound of each queue (outbox, forward queue,
+    /// remembered qos-2 replies).
+    pub max_queued_bytes: usize,
     /// Connection limit.
     pub max_connections: usize,
+    /// Accepted sockets that are not client WebSockets.
+    pub max_http_connections: usize,
+    /// Time to send a request head (also the keep-alive idle time).
+    pub head_timeout: Duration,
+    /// Time to send a signed call's body.
+    pub body_timeout: Duration,
     /// Subscription limit per connection.
     pub max_channels_per_connection: usize,
     /// Client messages per second (0 = unlimited).
@@ -259,6 +275,10 @@ pub struct Config {
     pub signature_window: Duration,
     /// Replay cache bound.
     pub replay_cache_size: usize,
+    /// Signature versions the API accepts.
+    pub api_signature: signing::ApiSignature,
+    /// Whether an identical v1 request inside the window is accepted.
+    pub v1_replay: signing::V1Replay,
     /// Graceful shutdown bound.
     pub shutdown_timeout: Duration,
     /// The cluster's Redis; `None` runs this node alone.
@@ -424,7 +444,11 @@ impl Config {
             max_inflight_forwards: r.count("max_inflight_forwards", 1)?,
             max_message_size: r.size("max_message_size")?,
             outbox_capacity: r.count("outbox_capacity", 1)?,
+            max_queued_bytes: r.size("max_queued_bytes")?,
             max_connections: r.count("max_connections", 1)?,
+            max_http_connections: r.count("max_http_connections", 1)?,
+            head_timeout: r.duration("head_timeout")?,
+            body_timeout: r.duration("body_timeout")?,
             max_channels_per_connection: r.count("max_channels_per_connection", 1)?,
             max_message_rate: r.parse("max_message_rate", |v| {
                 v.parse().map_err(|_| format!("expected messages per second (0 disables), got {v:?}"))
@@ -439,6 +463,8 @@ impl Config {
             qos2_window: r.count("qos2_window", 1)?,
             signature_window: r.duration("signature_window")?,
             replay_cache_size: r.count("replay_cache_size", 1)?,
+            api_signature: r.parse("api_signature", str::parse)?,
+            v1_replay: r.parse("v1_replay", str::parse)?,
             shutdown_timeout: r.duration("shutdown_timeout")?,
             redis_url: r.parse("redis_url", parse_redis_url)?,
             node_ttl: r.parse("node_ttl", |v| match parse_duration(v)? {
@@ -452,6 +478,17 @@ impl Config {
             worker_queue_size: r.count("worker_queue_size", 0)?,
             worker_queue_timeout: r.duration("worker_queue_timeout")?,
         };
+        if config.max_queued_bytes < config.max_message_size || config.max_queued_bytes > u32::MAX as usize {
+            let (_, origin) = r.raw("max_queued_bytes");
+            return Err(ConfigError::Invalid {
+                key: "max_queued_bytes".into(),
+                origin,
+                problem: format!(
+                    "must be at least max_message_size ({} bytes), so one message always fits, and under 4 GiB; got {}",
+                    config.max_message_size, config.max_queued_bytes
+                ),
+            });
+        }
         Ok(config)
     }
 
@@ -500,6 +537,18 @@ mod tests {
         assert_eq!(c.pong_timeout, Duration::from_secs(20));
         assert_eq!(c.retransmit_interval, Duration::from_secs(3));
         assert_eq!(c.forward_concurrency, 1);
+        assert_eq!(c.api_signature, signing::ApiSignature::Any, "v1 backends keep working");
+        assert_eq!(c.v1_replay, signing::V1Replay::Reject);
+    }
+
+    #[test]
+    fn signature_keys_parse_and_name_the_key_when_wrong() {
+        let c = config(&[("api_signature", "v2"), ("v1_replay", "allow")]).unwrap();
+        assert_eq!((c.api_signature, c.v1_replay), (signing::ApiSignature::V2, signing::V1Replay::Allow));
+        let err = config(&[("api_signature", "hmac")]).unwrap_err().to_string();
+        assert!(err.contains("`api_signature`") && err.contains("v1, any or v2"), "{err}");
+        let err = config(&[("v1_replay", "yes")]).unwrap_err().to_string();
+        assert!(err.contains("`v1_replay`") && err.contains("reject or allow"), "{err}");
     }
 
     #[test]

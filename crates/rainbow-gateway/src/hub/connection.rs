@@ -1,17 +1,24 @@
 //! The state one client connection shares with the rest of the gateway.
 //!
 //! A [`Connection`] is what the hub, the API and forward tasks hold: the
-//! identity, the context (cookie), the channel list, the bounded outbox of
-//! things to write to the client, the forward queue, and liveness stamps. It
-//! owns no socket: the WebSocket driver in `transport` owns that, and is woken
-//! through [`Connection::poll_woken`] whenever the outbox changes or the
-//! connection is told to close.
+//! identity, the context (cookie), the channel list, the outbox of things to
+//! write to the client, the forward queue of its messages waiting for the
+//! backend, and liveness stamps. It owns no socket: the WebSocket driver in
+//! `transport` owns that, and is woken through [`Connection::poll_woken`]
+//! whenever the outbox changes or the connection is told to close.
+//!
+//! Both queues are bounded, in items and in bytes ([`Limits`]), whatever the
+//! client does: a push that finds the outbox full, or an answer that finds
+//! it over its bytes (a client sending requests without reading their
+//! answers), closes the connection with 1008; a full forward queue stops the
+//! driver reading the socket (backpressure). Every item counts its payload
+//! plus [`ITEM_OVERHEAD`], so a flood of tiny answers is bounded too.
 //!
 //! Idle cost is the point of this layout: every queue is an empty `VecDeque`
-//! (no allocation) until used, no timer exists per connection, and rarely
-//! used parts (a close order) are boxed. The whole struct is one allocation
-//! per connection (280 bytes with the `Arc` counts; see
-//! `a_connection_stays_small`).
+//! (no allocation) until used, no timer exists per connection, the mutable
+//! parts share one lock, and rarely used parts (a close order) are boxed.
+//! The whole struct is one allocation per connection (280 bytes with the
+//! `Arc` counts; see `a_connection_stays_small`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -95,6 +102,13 @@ impl CloseOrder {
     /// Close 1008 "slow consumer".
     pub const SLOW_CONSUMER: CloseOrder =
         CloseOrder { code: 1008, reason: Cow::Borrowed("slow consumer"), why: DisconnectReason::SlowConsumer };
+    /// Close 1008 "slow consumer: answers not read": the client kept sending
+    /// requests (or duplicates) without reading what they were answered.
+    pub const UNREAD_ANSWERS: CloseOrder = CloseOrder {
+        code: 1008,
+        reason: Cow::Borrowed("slow consumer: answers not read"),
+        why: DisconnectReason::SlowConsumer,
+    };
     /// Close 1000 with `reason`, ordered by the backend.
     pub fn normal(reason: String) -> CloseOrder {
         CloseOrder::new(1000, reason, DisconnectReason::Backend)
@@ -107,6 +121,28 @@ impl CloseOrder {
         CloseOrder { code: 1001, reason: Cow::Borrowed("ping timeout"), why: DisconnectReason::PingTimeout };
 }
 
+/// What one queued item costs beyond its payload, as the byte bounds count
+/// it (the queue slot and the bookkeeping around it).
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// The bounds of one connection's queues (from `outbox_capacity`,
+/// `max_queued_bytes` and `max_pending_forwards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Pushes waiting in the outbox.
+    pub pushes: u32,
+    /// Bytes waiting in the outbox (pushes and answers), and bytes waiting
+    /// in the forward queue, each.
+    pub bytes: u32,
+}
+
+impl Limits {
+    /// Limits from configuration values (saturated to `u32`).
+    pub fn new(pushes: usize, bytes: usize) -> Limits {
+        Limits { pushes: u32::try_from(pushes).unwrap_or(u32::MAX), bytes: u32::try_from(bytes).unwrap_or(u32::MAX) }
+    }
+}
+
 /// The outbox refused an item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
@@ -114,36 +150,6 @@ pub enum PushError {
     Full,
     /// The connection is closing or closed.
     Closed,
-}
-
-#[derive(Debug, Default)]
-struct Outbox {
-    queue: VecDeque<Outgoing>,
-    /// How many of `queue` are pushes: only those count against the bound.
-    pushes: u32,
-    /// Boxed: rare, and 32 bytes inline.
-    close: Option<Box<CloseOrder>>,
-    /// The driver has exited; nothing will be written any more.
-    finished: bool,
-}
-
-/// The forward queue: client SENDs waiting for the backend, in order, and
-/// the bookkeeping of the drains working it (`transport::forward`).
-#[derive(Debug, Default)]
-struct ForwardQueue {
-    /// Messages not yet picked up by a drain.
-    queue: VecDeque<SendPacket>,
-    /// Drains running for this connection (`u32` keeps the struct as small
-    /// as with this count alone).
-    active: u32,
-    /// The driver found the queue full and stopped reading the socket: the
-    /// drain that next takes a message must wake it. Without this flag every
-    /// message taken would wake the driver, for nothing but in the rare case
-    /// of backpressure.
-    reader_paused: bool,
-    /// Someone waits in [`Connection::forwards_done`] for the last drain to
-    /// end.
-    done_waited: bool,
 }
 
 /// What a drain takes from the forward queue next.
@@ -161,17 +167,63 @@ pub enum NextForward {
     Done,
 }
 
+/// The connection's mutable state, under one lock: the context, the outbox
+/// and the forward queue.
+#[derive(Debug, Default)]
+struct Inner {
+    cookie: Option<Arc<str>>,
+    /// To the client, in order (see [`Outgoing`]).
+    outbox: VecDeque<Outgoing>,
+    /// How many of `outbox` are pushes: only those count against
+    /// `Limits::pushes`.
+    pushes: u32,
+    /// What `outbox` holds, as [`cost`] counts it.
+    outbox_bytes: u32,
+    /// Boxed: rare, and 32 bytes inline.
+    close: Option<Box<CloseOrder>>,
+    /// The driver has exited; nothing will be written any more.
+    finished: bool,
+    /// Client messages not yet picked up by a drain (`transport::forward`).
+    forwards: VecDeque<SendPacket>,
+    /// What `forwards` holds, as [`cost`] counts it.
+    forward_bytes: u32,
+    /// Drains running for this connection.
+    drains: u16,
+    /// The driver found the forward queue full and stopped reading the
+    /// socket: the drain that next takes a message must wake it. Without this
+    /// flag every message taken would wake the driver, for nothing but in the
+    /// rare case of backpressure.
+    reader_paused: bool,
+    /// Someone waits in [`Connection::forwards_done`] for the last drain to
+    /// end.
+    done_waited: bool,
+}
+
+/// What an item costs against the byte bounds.
+fn cost(payload: usize) -> u32 {
+    u32::try_from(payload.saturating_add(ITEM_OVERHEAD)).unwrap_or(u32::MAX)
+}
+
+impl Outgoing {
+    /// Its cost against the outbox's byte bound.
+    fn cost(&self) -> u32 {
+        cost(match self {
+            Outgoing::Push(frame) | Outgoing::Control(frame) => frame.len(),
+            Outgoing::Publish(p) => p.payload.len(),
+            Outgoing::Forwarded { reply, .. } => reply.as_ref().map_or(0, Bytes::len),
+            Outgoing::Ping => 0,
+        })
+    }
+}
+
 /// One client connection, as shared with the hub and the API.
 #[derive(Debug)]
 pub struct Connection {
     identity: Identity,
     peer: SocketAddr,
-    /// The outbox bound (`u32` packs with the stamps below).
-    capacity: u32,
-    cookie: Mutex<Option<Arc<str>>>,
+    limits: Limits,
+    inner: Mutex<Inner>,
     channels: Mutex<Vec<Arc<str>>>,
-    outbox: Mutex<Outbox>,
-    forwards: Mutex<ForwardQueue>,
     /// The driver's waker, and whether it was woken since it last looked:
     /// one waiter only, so no waiter list (and no wait future in the driver).
     waker: AtomicWaker,
@@ -185,7 +237,7 @@ pub struct Connection {
     gone: AtomicBool,
     /// The driver stopped reading (the forward queue is full): the client's
     /// pongs cannot be seen, so liveness is not judged meanwhile. Mirrors
-    /// `ForwardQueue::reader_paused`, for the sweep, which takes no lock.
+    /// `Inner::reader_paused`, for the sweep, which takes no lock.
     reading_paused: AtomicBool,
 }
 
@@ -197,22 +249,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Connection {
-    /// A new connection with an outbox bound of `capacity` items.
-    pub fn new(
-        identity: Identity,
-        peer: SocketAddr,
-        cookie: Option<Arc<str>>,
-        capacity: usize,
-        now: u32,
-    ) -> Connection {
+    /// A new connection whose queues are bounded by `limits`.
+    pub fn new(identity: Identity, peer: SocketAddr, cookie: Option<Arc<str>>, limits: Limits, now: u32) -> Connection {
         Connection {
             identity,
             peer,
-            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
-            cookie: Mutex::new(cookie),
+            limits,
+            inner: Mutex::new(Inner { cookie, ..Inner::default() }),
             channels: Mutex::new(Vec::new()),
-            outbox: Mutex::new(Outbox::default()),
-            forwards: Mutex::new(ForwardQueue::default()),
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             last_seen: AtomicU32::new(now),
@@ -239,12 +283,12 @@ impl Connection {
 
     /// The current context (cookie), if any.
     pub fn cookie(&self) -> Option<Arc<str>> {
-        lock(&self.cookie).clone()
+        lock(&self.inner).cookie.clone()
     }
 
     /// Replaces the context; an empty value clears it.
     pub fn set_cookie(&self, cookie: &str) {
-        *lock(&self.cookie) = if cookie.is_empty() { None } else { Some(Arc::from(cookie)) };
+        lock(&self.inner).cookie = if cookie.is_empty() { None } else { Some(Arc::from(cookie)) };
     }
 
     /// Whether the hub has let go of this connection (see [`super::Hub::unregister`]).
@@ -269,31 +313,34 @@ impl Connection {
         lock(&self.channels).len()
     }
 
-    /// Queues an item for the client. A full queue orders a close with 1008
-    /// "slow consumer": the client is not reading, and holding more for it
-    /// would only grow memory.
+    /// Queues a push for the client. A full outbox (in pushes or bytes)
+    /// orders a close with 1008 "slow consumer": the client is not reading,
+    /// and holding more for it would only grow memory.
     pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
-        let mut outbox = lock(&self.outbox);
-        if outbox.close.is_some() || outbox.finished {
+        debug_assert!(item.is_push());
+        let cost = item.cost();
+        let mut inner = lock(&self.inner);
+        if inner.close.is_some() || inner.finished {
             return Err(PushError::Closed);
         }
-        if outbox.pushes >= self.capacity {
-            outbox.close = Some(Box::new(CloseOrder::SLOW_CONSUMER));
-            drop(outbox);
+        if inner.pushes >= self.limits.pushes || inner.outbox_bytes.saturating_add(cost) > self.limits.bytes {
+            inner.close = Some(Box::new(CloseOrder::SLOW_CONSUMER));
+            drop(inner);
             self.wake();
             return Err(PushError::Full);
         }
-        debug_assert!(item.is_push());
-        outbox.pushes += 1;
-        outbox.queue.push_back(item);
-        drop(outbox);
+        inner.pushes += 1;
+        inner.outbox_bytes += cost;
+        inner.outbox.push_back(item);
+        drop(inner);
         self.wake();
         Ok(())
     }
 
-    /// Queues an answer (see [`Outgoing`]). Not subject to the outbox
-    /// bound: the forward queue, the qos-2 window and the liveness sweep
-    /// already bound how many can exist.
+    /// Queues an answer (see [`Outgoing`]). Answers are never refused for
+    /// lack of room alone, but one that would take the outbox over its bytes
+    /// closes the connection with 1008: the client sends requests without
+    /// reading their answers.
     pub fn push_reply(&self, item: Outgoing) {
         if self.queue_reply(item) {
             self.wake();
@@ -308,71 +355,86 @@ impl Connection {
 
     fn queue_reply(&self, item: Outgoing) -> bool {
         debug_assert!(!item.is_push());
-        let mut outbox = lock(&self.outbox);
-        if outbox.finished {
+        let cost = item.cost();
+        let mut inner = lock(&self.inner);
+        if inner.finished {
             return false;
         }
-        outbox.queue.push_back(item);
+        if inner.outbox_bytes.saturating_add(cost) > self.limits.bytes {
+            if inner.close.is_none() {
+                inner.close = Some(Box::new(CloseOrder::UNREAD_ANSWERS));
+            }
+            return true;
+        }
+        inner.outbox_bytes += cost;
+        inner.outbox.push_back(item);
         true
     }
 
     /// Orders the connection closed. The first order wins.
     pub fn close(&self, order: CloseOrder) {
-        let mut outbox = lock(&self.outbox);
-        if outbox.close.is_none() && !outbox.finished {
-            outbox.close = Some(Box::new(order));
+        let mut inner = lock(&self.inner);
+        if inner.close.is_none() && !inner.finished {
+            inner.close = Some(Box::new(order));
         }
-        drop(outbox);
+        drop(inner);
         self.wake();
     }
 
     /// The pending close order, if any.
     pub fn close_order(&self) -> Option<CloseOrder> {
-        lock(&self.outbox).close.as_deref().cloned()
+        lock(&self.inner).close.as_deref().cloned()
     }
 
     /// Whether a close was ordered or the connection has finished.
     pub fn is_closing(&self) -> bool {
-        let outbox = lock(&self.outbox);
-        outbox.close.is_some() || outbox.finished
+        let inner = lock(&self.inner);
+        inner.close.is_some() || inner.finished
     }
 
     /// Takes the next item to write: the oldest, or, when `pushes` is false
     /// (a push waits for a free `max_in_flight` slot), the oldest answer.
     pub fn pop(&self, pushes: bool) -> Option<Outgoing> {
-        let mut outbox = lock(&self.outbox);
-        if !pushes {
+        let mut inner = lock(&self.inner);
+        let item = if pushes {
+            inner.outbox.pop_front()?
+        } else {
             // Only while a push waits: at most `outbox_capacity` pushes to pass.
-            let at = outbox.queue.iter().position(|item| !item.is_push())?;
-            return outbox.queue.remove(at);
-        }
-        let item = outbox.queue.pop_front()?;
+            let at = inner.outbox.iter().position(|item| !item.is_push())?;
+            inner.outbox.remove(at)?
+        };
         if item.is_push() {
-            outbox.pushes -= 1;
+            inner.pushes -= 1;
         }
+        inner.outbox_bytes = inner.outbox_bytes.saturating_sub(item.cost());
         Some(item)
     }
 
     /// Puts a push back at the front: it waits for a free slot, and keeps
     /// its place before the pushes that came after it.
     pub fn hold(&self, item: Outgoing) {
-        let mut outbox = lock(&self.outbox);
-        outbox.pushes += 1;
-        outbox.queue.push_front(item);
+        let mut inner = lock(&self.inner);
+        inner.pushes += 1;
+        inner.outbox_bytes = inner.outbox_bytes.saturating_add(item.cost());
+        inner.outbox.push_front(item);
     }
 
     /// Whether anything waits to be written ([`Connection::pop`]'s `pushes`).
     pub fn has_outgoing(&self, pushes: bool) -> bool {
-        let outbox = lock(&self.outbox);
-        if pushes { !outbox.queue.is_empty() } else { outbox.queue.iter().any(|item| !item.is_push()) }
+        let inner = lock(&self.inner);
+        if pushes { !inner.outbox.is_empty() } else { inner.outbox.iter().any(|item| !item.is_push()) }
     }
 
-    /// Marks the connection finished and returns what was never written.
+    /// Marks the connection finished and returns what was never written; the
+    /// messages not yet forwarded are dropped.
     pub fn finish(&self) -> VecDeque<Outgoing> {
-        let mut outbox = lock(&self.outbox);
-        outbox.finished = true;
-        outbox.pushes = 0;
-        std::mem::take(&mut outbox.queue)
+        let mut inner = lock(&self.inner);
+        inner.finished = true;
+        inner.pushes = 0;
+        inner.outbox_bytes = 0;
+        inner.forwards.clear();
+        inner.forward_bytes = 0;
+        std::mem::take(&mut inner.outbox)
     }
 
     /// Ready when the outbox changed or a close was ordered since the last
@@ -400,11 +462,12 @@ impl Connection {
     /// Queues a client message for forwarding. Returns whether a new drain
     /// must start (fewer than `concurrency` run); it is then counted in.
     pub fn queue_forward(&self, send: SendPacket, concurrency: usize) -> bool {
-        let mut forwards = lock(&self.forwards);
-        forwards.queue.push_back(send);
-        let start = (forwards.active as usize) < concurrency;
+        let mut inner = lock(&self.inner);
+        inner.forward_bytes = inner.forward_bytes.saturating_add(cost(send.payload.len()));
+        inner.forwards.push_back(send);
+        let start = usize::from(inner.drains) < concurrency;
         if start {
-            forwards.active += 1;
+            inner.drains += 1;
         }
         start
     }
@@ -413,41 +476,37 @@ impl Connection {
     /// then counted out, and a waiter of [`Connection::forwards_done`] woken
     /// once none is left).
     pub fn next_forward(&self) -> NextForward {
-        let mut forwards = lock(&self.forwards);
-        if let Some(send) = forwards.queue.pop_front() {
-            let wake_reader = std::mem::take(&mut forwards.reader_paused);
+        let mut inner = lock(&self.inner);
+        if let Some(send) = inner.forwards.pop_front() {
+            inner.forward_bytes = inner.forward_bytes.saturating_sub(cost(send.payload.len()));
+            let wake_reader = std::mem::take(&mut inner.reader_paused);
             if wake_reader {
                 self.reading_paused.store(false, Ordering::Relaxed);
             }
             return NextForward::Message { send, wake_reader };
         }
-        forwards.active -= 1;
-        let wake = forwards.active == 0 && std::mem::take(&mut forwards.done_waited);
-        drop(forwards);
+        inner.drains -= 1;
+        let wake = inner.drains == 0 && std::mem::take(&mut inner.done_waited);
+        drop(inner);
         if wake {
             self.wake();
         }
         NextForward::Done
     }
 
-    /// Whether the forward queue has room for another message (fewer than
-    /// `max` wait). When it has not, the reader counts as paused, so that the
-    /// drain that makes room wakes the driver; `paused` is called the first
-    /// time.
+    /// Whether the forward queue has room for another message: fewer than
+    /// `max` wait, and less than the byte bound. When it has not, the reader
+    /// counts as paused, so that the drain that makes room wakes the driver;
+    /// `paused` is called the first time.
     pub fn forward_room(&self, max: usize, paused: impl FnOnce()) -> bool {
-        let mut forwards = lock(&self.forwards);
-        let room = forwards.queue.len() < max;
-        if !room && !forwards.reader_paused {
-            forwards.reader_paused = true;
+        let mut inner = lock(&self.inner);
+        let room = inner.forwards.len() < max && inner.forward_bytes < self.limits.bytes;
+        if !room && !inner.reader_paused {
+            inner.reader_paused = true;
             self.reading_paused.store(true, Ordering::Relaxed);
             paused();
         }
         room
-    }
-
-    /// Drops the messages not yet forwarded (the connection has ended).
-    pub fn clear_forwards(&self) {
-        lock(&self.forwards).queue.clear();
     }
 
     /// Resolves when no drain of this connection runs any more. Only the
@@ -456,11 +515,11 @@ impl Connection {
     pub async fn forwards_done(&self) {
         loop {
             {
-                let mut forwards = lock(&self.forwards);
-                if forwards.active == 0 {
+                let mut inner = lock(&self.inner);
+                if inner.drains == 0 {
                     return;
                 }
-                forwards.done_waited = true;
+                inner.done_waited = true;
             }
             self.woken().await;
         }

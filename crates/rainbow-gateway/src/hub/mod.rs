@@ -32,7 +32,7 @@ use bytes::Bytes;
 use rainbow_protocol::{Packet, Qos, SendPacket};
 use thiserror::Error;
 
-pub use connection::{CloseOrder, Connection, NextForward, Outgoing, PushError};
+pub use connection::{CloseOrder, Connection, ITEM_OVERHEAD, Limits, NextForward, Outgoing, PushError};
 pub use delivery::{Aggregate, Publication, Tracker};
 pub use identity::Identity;
 
@@ -393,7 +393,13 @@ mod tests {
     use super::*;
 
     fn conn() -> Arc<Connection> {
-        Arc::new(Connection::new(Identity::random(), "127.0.0.1:1".parse().unwrap(), None, 4, coarse_now()))
+        Arc::new(Connection::new(
+            Identity::random(),
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            Limits::new(4, 1 << 20),
+            coarse_now(),
+        ))
     }
 
     #[test]

@@ -159,9 +159,19 @@ pub struct Metrics {
     /// not clustered).
     pub cluster_up: Gauge,
     cluster_messages: Family<Kind, Counter>,
+    /// Accepted sockets that are not (or not yet) client WebSockets:
+    /// handshakes under way, API and worker HTTP connections.
+    pub http_connections: Gauge,
+    sockets_shed: Family<Reason, Counter>,
     /// The worker pool's metrics (`rainbow_worker*`).
     pub workers: WorkerMetrics,
 }
+
+/// Why a socket was closed by the listener rather than served, counted in
+/// `rainbow_sockets_shed_total`: the oldest idle one made room for a new one
+/// at `max_http_connections` (`evicted`), a new one found every HTTP socket
+/// busy (`too_many`), or the process ran out of file descriptors (`no_fd`).
+pub const SHED_REASONS: [&str; 3] = ["evicted", "too_many", "no_fd"];
 
 fn hook_histogram() -> Histogram {
     Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0])
@@ -198,6 +208,8 @@ impl Metrics {
             forward_queue_full: Counter::default(),
             cluster_up: Gauge::default(),
             cluster_messages: Family::default(),
+            http_connections: Gauge::default(),
+            sockets_shed: Family::default(),
             workers: Default::default(),
             registry: Registry::default(),
         };
@@ -234,6 +246,19 @@ impl Metrics {
             "Times a client's forward queue filled (max_pending_forwards) and its reading paused",
             m.forward_queue_full.clone(),
         );
+        for reason in SHED_REASONS {
+            let _ = m.sockets_shed.get_or_create(&Reason { reason });
+        }
+        registry.register(
+            "http_connections",
+            "Sockets that are not client WebSockets: handshakes under way, API and worker HTTP connections",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "sockets_shed",
+            "Sockets the listener closed instead of serving, by reason",
+            m.sockets_shed.clone(),
+        );
         registry.register("cluster_up", "1 while the cluster's Redis is reachable", m.cluster_up.clone());
         registry.register("cluster_messages", "Messages between cluster nodes by kind", m.cluster_messages.clone());
         m.workers.register(&mut registry);
@@ -243,6 +268,12 @@ impl Metrics {
     /// Counts a handshake outcome.
     pub fn connect(&self, outcome: &'static str) {
         self.connects.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts a socket the listener closed instead of serving (one of
+    /// [`SHED_REASONS`]).
+    pub fn shed(&self, reason: &'static str) {
+        self.sockets_shed.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts an ended connection.

@@ -45,6 +45,10 @@ use crate::state::Gateway;
 /// until the socket has taken some (the outbox then bounds what waits).
 const WRITE_HIGH: usize = 8 * 1024;
 
+/// What a client's ping costs against `max_message_rate`, in messages: at
+/// the default 1,000/s, 20 pings a second (bursts of 40).
+const PING_COST: f32 = 50.0;
+
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -110,7 +114,6 @@ pub async fn finish(gw: &Gateway, conn: &Connection, reason: DisconnectReason) {
             p.tracker.failed();
         }
     }
-    conn.clear_forwards();
     info!(identity = %conn.identity(), peer = %conn.peer(), reason = reason.label(), "disconnected");
     gw.backend.close(&gw.config(), conn).await;
 }
@@ -129,15 +132,16 @@ impl RateLimit {
         RateLimit { rate: rate as f32, tokens: rate as f32 * 2.0, last: Instant::now() }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    /// Takes `cost` tokens if there are that many.
+    fn allow(&mut self, now: Instant, cost: f32) -> bool {
         if self.rate == 0.0 {
             return true;
         }
         let refill = now.saturating_duration_since(self.last).as_secs_f32() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate * 2.0);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -168,7 +172,11 @@ impl Exchanges {
         };
         Box::new(Exchanges {
             outbound: Outbound::continuing(outbound, last_id),
-            inbound: Inbound::new(InboundConfig { max_unreleased: config.qos2_window, ..Default::default() }),
+            inbound: Inbound::new(InboundConfig {
+                max_unreleased: config.qos2_window,
+                max_remembered_bytes: config.max_queued_bytes,
+                ..Default::default()
+            }),
             forwarding: None,
         })
     }
@@ -381,8 +389,8 @@ impl<'a> State<'a> {
                 }
             }
             Outgoing::Forwarded { id, qos, reply: Some(reply) } => {
-                if let Some(packet) = self.exchanges().inbound.answer(id, qos, reply) {
-                    socket.queue(OpCode::Binary, &packet.encode());
+                if let Some(answer) = self.exchanges().inbound.answer(id, qos, reply) {
+                    socket.queue(OpCode::Binary, &answer);
                 }
             }
             Outgoing::Forwarded { id, qos, reply: None } => self.exchanges().inbound.failed(id, qos),
@@ -415,8 +423,14 @@ impl<'a> State<'a> {
             // Text frames are read as packets too: the original did not
             // distinguish, and some clients send strings.
             Message::Data { payload, .. } => payload,
-            // The socket queued the pong.
-            Message::Ping(_) | Message::Pong(_) => return Turn::Continue,
+            // The socket queued the pong. A ping costs PING_COST messages:
+            // a client needs one every few seconds at most, and a flood of
+            // them costs the gateway a decode and a pong each.
+            Message::Ping(_) => {
+                self.charge(Instant::now(), PING_COST);
+                return Turn::Continue;
+            }
+            Message::Pong(_) => return Turn::Continue,
             // The socket queued the echo.
             Message::Close(_) => return Turn::End(DisconnectReason::Client),
         };
@@ -435,17 +449,37 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Counts one more thing the client made the gateway do against
+    /// `max_message_rate`; past it, orders the close (1008) and says no.
+    fn charge(&mut self, now: Instant, cost: f32) -> bool {
+        if self.rate.allow(now, cost) {
+            return true;
+        }
+        warn!(identity = %self.conn.identity(), side = "client", "client exceeded max_message_rate; closing");
+        self.conn.close(CloseOrder::new(1008, "message rate limit exceeded".into(), DisconnectReason::RateLimited));
+        false
+    }
+
+    /// Handles one packet. SENDs count against `max_message_rate`, and so
+    /// does anything the gateway did not ask for (an ACK, REC or COM for no
+    /// message in flight, a REL for no message awaiting it): answers to the
+    /// gateway's own messages are bounded by them and never counted, but a
+    /// flood of stray ones is.
     fn on_packet(&mut self, packet: Packet) -> Turn {
         let now = Instant::now();
+        let expected = match &packet {
+            Packet::Send(_) => false,
+            Packet::Ack(reply) | Packet::Rec(reply) => {
+                self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(reply.id))
+            }
+            Packet::Com(id) => self.exchanges.as_ref().is_some_and(|x| x.outbound.awaits(*id)),
+            Packet::Rel(id) => self.exchanges.as_ref().is_some_and(|x| x.inbound.awaits_rel(*id)),
+        };
+        if !expected && !self.charge(now, 1.0) {
+            return Turn::Continue;
+        }
         match packet {
             Packet::Send(send) => {
-                if !self.rate.allow(now) {
-                    let order =
-                        CloseOrder::new(1008, "message rate limit exceeded".into(), DisconnectReason::RateLimited);
-                    warn!(identity = %self.conn.identity(), side = "client", "client exceeded max_message_rate; closing");
-                    self.conn.close(order);
-                    return Turn::Continue;
-                }
                 self.gw.metrics.messages_in.0[usize::from(send.qos.as_u8())].inc();
                 match self.exchanges().inbound.on_send(now, &send) {
                     Ok(Disposition::Process) => {
@@ -456,8 +490,9 @@ impl<'a> State<'a> {
                     }
                     Ok(Disposition::Duplicate(rec)) => {
                         self.gw.metrics.duplicates.inc();
+                        // The remembered REC, shared: a duplicate costs no copy.
                         if let Some(rec) = rec {
-                            self.conn.push_reply(Outgoing::Control(rec.encode()));
+                            self.conn.push_reply(Outgoing::Control(rec));
                         }
                     }
                     Err(full) => {
@@ -524,11 +559,13 @@ mod tests {
     fn rate_limit_allows_a_burst_then_refills() {
         let mut r = RateLimit::new(2);
         let t0 = r.last;
-        assert!((0..4).all(|_| r.allow(t0)));
-        assert!(!r.allow(t0));
-        assert!(r.allow(t0 + std::time::Duration::from_millis(600)));
+        assert!((0..4).all(|_| r.allow(t0, 1.0)));
+        assert!(!r.allow(t0, 1.0));
+        assert!(r.allow(t0 + std::time::Duration::from_millis(600), 1.0));
         let mut unlimited = RateLimit::new(0);
-        assert!((0..10_000).all(|_| unlimited.allow(t0)));
+        assert!((0..10_000).all(|_| unlimited.allow(t0, PING_COST)));
+        let mut pings = RateLimit::new(1000);
+        assert_eq!((0..100).filter(|_| pings.allow(t0, PING_COST)).count(), 40, "a burst of 40 pings");
     }
 
     #[tokio::test]
@@ -538,7 +575,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
+        let conn = Arc::new(Connection::new(
+            crate::hub::Identity::random(),
+            peer,
+            None,
+            crate::hub::Limits::new(8, 1 << 20),
+            coarse_now(),
+        ));
         let driving = drive(&gw, &conn, Socket::new(stream, 1024));
         // Most of the connection task (see `transport::tests`): 208 bytes
         // in release builds, 216 in debug builds.

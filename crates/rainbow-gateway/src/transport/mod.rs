@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::ConnectDecision;
 use crate::handshake::{self, NotWebSocket};
-use crate::hub::{Connection, coarse_now};
+use crate::hub::{Connection, Limits, coarse_now};
 use crate::metrics::DisconnectReason;
 use crate::state::Gateway;
 
@@ -39,6 +39,10 @@ use crate::state::Gateway;
 pub const DEVICE_ID: &str = "X-DEVICEID";
 /// Header (or query parameter) naming the client OS.
 pub const CLIENT_OS: &str = "X-CLIENT-OS";
+
+/// Longest handshake query string, bytes: its parameters go to the connect
+/// hook, and the hook URL must stay a valid URL once they are re-encoded.
+pub const MAX_QUERY: usize = 16 * 1024;
 
 /// A connection slot under `max_connections`, released on drop.
 pub struct Admission(Arc<Gateway>);
@@ -99,15 +103,20 @@ pub async fn connect(
             };
         }
     };
+    if request.uri().query().map_or(0, str::len) > MAX_QUERY {
+        gw.metrics.connect("bad_request");
+        debug!(%peer, side = "client", "handshake refused: query over {MAX_QUERY} bytes");
+        return refuse(StatusCode::URI_TOO_LONG, "query string too long\n");
+    }
     let query = handshake::query_pairs(request.uri());
     let Some((device_id, os)) = device(headers, &query) else {
         gw.metrics.connect("bad_request");
         // 401, as the original answered a handshake without device headers.
         return refuse(StatusCode::UNAUTHORIZED, "missing X-DEVICEID or X-CLIENT-OS (header or query parameter)\n");
     };
-    let Some(admission) = admit(&gw, config.max_connections) else {
+    let Some(admission) = admit(&gw, gw.connection_limit()) else {
         gw.metrics.connect("over_limit");
-        warn!(%peer, max = config.max_connections, "connection refused: gateway at max_connections");
+        warn!(%peer, max = gw.connection_limit(), "connection refused: gateway at max_connections (or the open-file limit)");
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is at its connection limit; retry later\n");
     };
     let identity = gw.hub.mint_identity();
@@ -126,7 +135,13 @@ pub async fn connect(
     };
     gw.metrics.connect("accepted");
     let cookie = control.cookie.as_deref().filter(|c| !c.is_empty()).map(Arc::from);
-    let conn = Arc::new(Connection::new(identity, peer, cookie, config.outbox_capacity, coarse_now()));
+    let conn = Arc::new(Connection::new(
+        identity,
+        peer,
+        cookie,
+        Limits::new(config.outbox_capacity, config.max_queued_bytes),
+        coarse_now(),
+    ));
     driver::register(&gw, &conn, &control);
     // From here on the connection's task owns it: whatever happens to this
     // handshake (the client may leave while the cluster subscribes), the
@@ -233,7 +248,13 @@ mod tests {
         let settings = crate::Settings::from_pairs([("security_token", "t")]);
         let gw = Arc::new(Gateway::new(crate::Config::from_settings(&settings).unwrap(), None));
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let conn = Arc::new(Connection::new(crate::hub::Identity::random(), peer, None, 8, coarse_now()));
+        let conn = Arc::new(Connection::new(
+            crate::hub::Identity::random(),
+            peer,
+            None,
+            crate::hub::Limits::new(8, 1 << 20),
+            coarse_now(),
+        ));
         let mut request = Request::new(axum::body::Body::empty());
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (subscribed, _ready) = oneshot::channel();

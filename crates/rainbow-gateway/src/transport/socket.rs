@@ -19,7 +19,6 @@ use std::task::{Context, Poll, ready};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::upgrade::downcast;
 use rainbow_protocol::websocket::{self, Decoded, Decoder, FrameError, Message, OpCode};
 use tokio::net::TcpStream;
 
@@ -73,9 +72,9 @@ pub struct Socket {
 impl Socket {
     /// Takes the TCP stream (and any bytes hyper read past the handshake)
     /// back from an upgraded connection. `None` if the connection is not a
-    /// TCP stream served by `axum::serve`.
+    /// TCP stream served by the gateway's listener (`server::listener`).
     pub fn from_upgraded(upgraded: Upgraded, max_message: usize) -> Option<Socket> {
-        let parts = downcast::<TokioIo<TcpStream>>(upgraded).ok()?;
+        let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
         let input = parts.read_buf.to_vec();
         Some(Socket {
             stream: parts.io.into_inner(),
@@ -137,7 +136,9 @@ impl Socket {
     pub fn read(&mut self, handle: &mut dyn FnMut(Incoming) -> bool) -> io::Result<Read> {
         if !self.input.is_empty() {
             if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-                self.input.reserve_exact(READ_CHUNK);
+                // Doubling as data arrives: a frame of n bytes costs O(log n)
+                // reallocations, and never more room than twice what came.
+                self.input.reserve(READ_CHUNK);
             }
             return match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => Ok(Read::Eof),
@@ -157,10 +158,12 @@ impl Socket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Open),
             Err(e) => return Err(e),
         };
-        let (consumed, needed) = self.decode(&mut chunk[..n], handle);
+        let (consumed, _) = self.decode(&mut chunk[..n], handle);
         let rest = &chunk[consumed..n];
         if !rest.is_empty() {
-            let mut input = Vec::with_capacity(needed.max(rest.len()));
+            // Room for what arrived and the next read, not for what a frame
+            // header announces: the buffer grows with the data only.
+            let mut input = Vec::with_capacity(rest.len() + READ_CHUNK);
             input.extend_from_slice(rest);
             self.input = input;
         }
@@ -177,12 +180,10 @@ impl Socket {
             // Dropping it frees the buffer: `self.input` stays unallocated.
             return;
         }
-        let keep = needed.max(input.len());
-        if input.capacity() > 2 * keep.max(READ_CHUNK) {
-            // A large frame went through; keep only what the next needs.
+        let keep = input.len() + READ_CHUNK;
+        if input.capacity() > 2 * keep && input.len() < needed {
+            // A large frame went through; keep room for what is here.
             input.shrink_to(keep);
-        } else if input.capacity() < needed {
-            input.reserve_exact(needed - input.len());
         }
         self.input = input;
     }
@@ -348,6 +349,25 @@ mod tests {
         wire.extend(masked(true, OpCode::Continuation, &big[60_000..]));
         client.write_all(&wire).await.unwrap();
         assert_eq!(receive(&mut socket, 1).await, [binary(&big)]);
+        assert_eq!(socket.buffered_capacity(), 0);
+    }
+
+    /// Issue 14, finding 6: a frame header announcing 1 MiB made the socket
+    /// reserve 1 MiB before any of it arrived.
+    #[tokio::test]
+    async fn the_buffer_grows_with_the_data_not_with_the_announced_size() {
+        let (mut socket, mut client) = pair(1 << 20).await;
+        let frame = masked(true, OpCode::Binary, &vec![7u8; 1 << 20]);
+        // The header and a few bytes of the payload.
+        client.write_all(&frame[..64]).await.unwrap();
+        while socket.buffered_capacity() == 0 {
+            std::future::poll_fn(|cx| socket.poll_io(cx, true)).await.unwrap();
+            socket.read(&mut |m| panic!("{m:?}")).unwrap();
+        }
+        assert!(socket.buffered_capacity() <= 2 * READ_CHUNK, "{} bytes reserved", socket.buffered_capacity());
+        // The rest arrives: the message is whole, and the buffer is freed.
+        client.write_all(&frame[64..]).await.unwrap();
+        assert_eq!(receive(&mut socket, 1).await, [binary(&vec![7u8; 1 << 20])]);
         assert_eq!(socket.buffered_capacity(), 0);
     }
 

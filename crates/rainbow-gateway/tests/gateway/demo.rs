@@ -31,6 +31,8 @@ async fn two_people_chat_and_one_leaves() {
         ("connect_url", connect.as_str()),
         ("forward_url", forward.as_str()),
         ("close_url", close.as_str()),
+        // The demo backend signs its API calls v2 (its hooks still come v1).
+        ("api_signature", "v2"),
     ]);
     let server =
         Server::bind(Config::from_settings(&settings).unwrap(), None).await.unwrap().with_routes(page_routes());

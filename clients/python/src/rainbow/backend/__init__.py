@@ -1,8 +1,10 @@
 """The backend kit: everything a business server needs to work with a Rainbow
 gateway, independent of any web framework.
 
-- Signatures (spec §7): :func:`sign`, :func:`verify_signature`,
-  :func:`check_signature`, :class:`NonceCache`.
+- Signatures (spec §7): v1 for the gateway's hook calls (:func:`sign`,
+  :func:`verify_signature`, :func:`check_signature`, :class:`NonceCache`) and
+  v2 for API calls (:func:`sign_v2`, :func:`make_signature_v2`,
+  :func:`verify_signature_v2`, :func:`encode_query`).
 - Hooks (spec §3-§6): :class:`Hooks` (handler registry and hook serving),
   :func:`parse_request`, :class:`RainbowRequest`, :class:`RainbowResponse`,
   :class:`HookResult`.
@@ -38,13 +40,28 @@ from .hooks import (
     encode_context,
     parse_request,
 )
-from .signature import DEFAULT_WINDOW, NonceCache, check_signature, make_signature, sign, verify_signature
+from .signature import (
+    DEFAULT_WINDOW,
+    NonceCache,
+    check_signature,
+    encode_query,
+    make_signature,
+    make_signature_v2,
+    sign,
+    sign_v2,
+    verify_signature,
+    verify_signature_v2,
+)
 
 __all__ = [
     "sign",
     "make_signature",
     "verify_signature",
     "check_signature",
+    "sign_v2",
+    "make_signature_v2",
+    "verify_signature_v2",
+    "encode_query",
     "NonceCache",
     "DEFAULT_WINDOW",
     "Hooks",

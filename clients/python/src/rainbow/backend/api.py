@@ -1,7 +1,9 @@
 """The gateway's backend API (spec §8), from the backend's side.
 
-:class:`RainbowAPI` signs every call (§7), bounds it with a timeout, and
-raises instead of swallowing errors (unlike rainbow-django's helpers):
+:class:`RainbowAPI` signs every call (§7, v2 by default: the signature binds
+the method, path, query and body, so it is worthless for any other call),
+bounds it with a timeout, and raises instead of swallowing errors (unlike
+rainbow-django's helpers):
 
 - :class:`rainbow.RainbowAPIError` when the gateway answers an error; ``msg``
   is the gateway's own message (``"signature error"``, ``"timeout"``,
@@ -21,11 +23,11 @@ import socket
 import urllib.error
 import urllib.request
 from typing import Any, Dict, Mapping, Optional, Tuple
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from .._payload import decode_payload, encode_payload
 from ..errors import RainbowAPIError, RainbowAPIUnreachable
-from .signature import sign
+from .signature import encode_query, sign, sign_v2, signature_version
 
 __all__ = ["RainbowAPI", "AsyncRainbowAPI"]
 
@@ -40,6 +42,9 @@ class RainbowAPI:
         margin added to ``send``'s own timeout.
     :param use_env_proxy: honour ``http_proxy`` and friends (off by default:
         the gateway is normally reached directly).
+    :param signature: ``"v2"`` (the default) or ``"v1"`` for a gateway older
+        than v2 signatures (it answers v2-signed calls with ``signature
+        error``). A gateway set to ``api_signature = v2`` refuses v1.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class RainbowAPI:
         timeout: float = 5.0,
         decode_json: bool = True,
         use_env_proxy: bool = False,
+        signature: str = "v2",
     ) -> None:
         if not server_url:
             raise ValueError("the gateway URL (RAINBOW_SERVER_URL) is not set")
@@ -57,6 +63,10 @@ class RainbowAPI:
             raise ValueError("the security token (RAINBOW_TOKEN) is not set")
         self.server_url = server_url.rstrip("/")
         self.token = token
+        self.signature = signature_version(signature)
+        # v2 signs the path as the gateway receives it: with the URL's own
+        # path prefix, if any.
+        self._base_path = urlsplit(self.server_url).path
         self.timeout = timeout
         self.decode_json = decode_json
         handlers = [] if use_env_proxy else [urllib.request.ProxyHandler({})]
@@ -113,9 +123,13 @@ class RainbowAPI:
         http_timeout: Optional[float] = None,
         content_type: str = "application/octet-stream",
     ) -> Dict[str, Any]:
-        query = dict(params)
-        query.update(sign(self.token))
-        url = f"{self.server_url}{path}?{urlencode(query)}"
+        if self.signature == "v1":
+            query = dict(params)
+            query.update(sign(self.token))
+            encoded = urlencode(query)
+        else:
+            encoded = encode_query(sign_v2(self.token, "POST", self._base_path + path, params, body))
+        url = f"{self.server_url}{path}?{encoded}"
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
         timeout = self.timeout if http_timeout is None else http_timeout
         try:

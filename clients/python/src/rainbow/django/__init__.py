@@ -11,8 +11,10 @@ and its URLconf::
 
 Settings: ``RAINBOW_SERVER_URL`` (the gateway, for :func:`send`,
 :func:`subscribe`, :func:`unsubscribe`), ``RAINBOW_TOKEN`` (the shared
-``security_token``; every hook call's signature is verified with it) and
-``RAINBOW_DATA_FORMAT`` (``"json"``, the default, or ``"raw"``).
+``security_token``; every hook call's signature is verified with it),
+``RAINBOW_DATA_FORMAT`` (``"json"``, the default, or ``"raw"``) and
+``RAINBOW_SIGNATURE`` (how API calls are signed: ``"v2"``, the default, or
+``"v1"`` for a gateway older than v2 signatures).
 
 Handlers live in each installed app's ``rainbow`` module, discovered on the
 first hook call, as rainbow-django did (but an import error in one of them is
@@ -84,16 +86,17 @@ def rainbow_close(func: Handler) -> Handler:
 
 
 _api_lock = threading.Lock()
-_api: Optional[Tuple[Tuple[Any, Any], RainbowAPI]] = None
+_api: Optional[Tuple[Tuple[Any, Any, Any], RainbowAPI]] = None
 
 
 def get_api() -> RainbowAPI:
-    """The :class:`RainbowAPI` for ``RAINBOW_SERVER_URL`` and ``RAINBOW_TOKEN``."""
+    """The :class:`RainbowAPI` for ``RAINBOW_SERVER_URL``, ``RAINBOW_TOKEN`` and
+    ``RAINBOW_SIGNATURE``."""
     global _api
-    key = (_setting("RAINBOW_SERVER_URL"), _setting("RAINBOW_TOKEN"))
+    key = (_setting("RAINBOW_SERVER_URL"), _setting("RAINBOW_TOKEN"), _setting("RAINBOW_SIGNATURE") or "v2")
     with _api_lock:
         if _api is None or _api[0] != key:
-            _api = (key, RainbowAPI(str(key[0] or ""), str(key[1] or "")))
+            _api = (key, RainbowAPI(str(key[0] or ""), str(key[1] or ""), signature=str(key[2])))
         return _api[1]
 
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .._payload import encode_payload
-from ..backend.signature import sign
+from ..backend.signature import encode_query, sign, sign_v2, signature_version
 from ..errors import ConnectionLost, TimeoutError
 from .dedup import DedupStore
 from .errors import Deny, EndpointMissing, HandshakeRefused, SignatureRefused, WorkerProtocolError
@@ -48,25 +48,39 @@ H = TypeVar("H", bound=Handler)
 
 
 def worker_url(
-    url: str, token: str, name: Optional[str] = None, *, timestamp: Optional[int] = None, nonce: Optional[int] = None
+    url: str,
+    token: str,
+    name: Optional[str] = None,
+    *,
+    timestamp: Optional[int] = None,
+    nonce: Optional[Any] = None,
+    signature: str = "v2",
 ) -> str:
     """The signed handshake URL (docs/worker-protocol.md §1) for ``url``.
 
     ``url`` is the gateway's worker endpoint (``ws://host:port/worker/``); a
     bare ``ws://host:port`` gets ``/worker/`` and ``http(s)`` becomes ``ws(s)``.
-    Signed like an API call (spec §7) with fresh ``timestamp`` and ``nonce``.
+    Signed like an API call (spec §7) with fresh ``timestamp`` and ``nonce``:
+    v2 (a ``GET`` of this path and query with an empty body) unless
+    ``signature="v1"``, for a gateway older than v2 signatures.
     """
+    signature_version(signature)
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss") or not parts.netloc:
         raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
     path = parts.path if parts.path not in ("", "/") else "/worker/"
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _SIGNED]
-    signed = sign(token, timestamp, nonce)
-    query += [("timestamp", str(signed["timestamp"])), ("nonce", str(signed["nonce"])), ("signature", signed["signature"])]
+    if signature == "v1":
+        signed = sign(token, timestamp, nonce)
+        query += [("timestamp", str(signed["timestamp"])), ("nonce", str(signed["nonce"])), ("signature", signed["signature"])]
+        if name:
+            query.append(("name", name))
+        return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
     if name:
         query.append(("name", name))
-    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+    pairs = sign_v2(token, "GET", path, query, b"", timestamp, None if nonce is None else str(nonce))
+    return urlunsplit((scheme, parts.netloc, path, encode_query(pairs), ""))
 
 
 _SIGNED = frozenset({"timestamp", "nonce", "signature", "name"})
@@ -224,7 +238,7 @@ class _Runtime:
 
     async def _open(self) -> _Conn:
         app = self.app
-        url = worker_url(app.url, app.token, app.name)
+        url = worker_url(app.url, app.token, app.name, signature=app.signature)
         kwargs: Dict[str, Any] = {
             "open_timeout": app.open_timeout,
             "max_size": app.max_frame,
@@ -575,6 +589,8 @@ class Worker:
     - ``drain_timeout``: how long a drain may take before the worker closes anyway.
     - ``backoff``: ``(first, most)`` seconds between reconnection attempts
       (doubling, with jitter).
+    - ``signature``: how the handshake is signed, ``"v2"`` (the default) or
+      ``"v1"`` for a gateway older than v2 signatures.
     """
 
     def __init__(
@@ -591,6 +607,7 @@ class Worker:
         ping_interval: Optional[float] = 20.0,
         backoff: Tuple[float, float] = (0.5, 30.0),
         max_frame: Optional[int] = 64 * 1024 * 1024,
+        signature: str = "v2",
     ) -> None:
         if not token:
             raise ValueError("token (the gateway's security_token) is required")
@@ -598,9 +615,10 @@ class Worker:
             raise ValueError(f"credits must be 0..{MAX_CREDITS}, got {credits}")
         if name is not None and len(name.encode("utf-8")) > 64:
             raise ValueError("name is limited to 64 bytes")
-        worker_url(url, token, name)  # validates the URL
+        worker_url(url, token, name, signature=signature)  # validates the URL and the version
         self.url = url
         self.token = token
+        self.signature = signature
         self.credits = int(credits)
         self.name = name
         self.dedup = dedup

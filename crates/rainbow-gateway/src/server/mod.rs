@@ -3,17 +3,22 @@
 //! [`Server::bind`] opens the port (trying 1985..2003 when the default 1984
 //! is taken and no port was given, as the original did); [`Server::run`]
 //! serves until a shutdown future resolves, then stops accepting, closes every
-//! client with 1001, and waits up to `shutdown_timeout` for their close hooks.
+//! client with 1001, and waits for their close hooks and the HTTP requests
+//! under way, all of it within `shutdown_timeout` whatever the sockets do.
 //! [`run_until_signal`] wires that to SIGTERM and SIGINT for the binaries.
+//!
+//! - [`listener`]: the sockets until they become WebSockets (timeouts, the
+//!   bound on them, shedding when descriptors run out).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod listener;
+
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -62,7 +67,7 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Serving failed.
+    /// The listener failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -97,6 +102,17 @@ impl Server {
         if let Ok(local) = listener.local_addr() {
             gw = gw.listening_on(local.port());
         }
+        if let Some(cap) = listener::descriptor_cap() {
+            let configured = gw.config().max_connections;
+            if cap < configured {
+                info!(
+                    max_connections = configured,
+                    allowed = cap,
+                    "connections are capped by the open-file limit (ulimit -n); raise it to hold more"
+                );
+            }
+            gw = gw.with_descriptor_cap(cap);
+        }
         Ok(Server { gw: Arc::new(gw), listener, extra: None })
     }
 
@@ -118,7 +134,8 @@ impl Server {
         self
     }
 
-    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    /// Serves until `shutdown` resolves, then shuts down gracefully, in at
+    /// most `shutdown_timeout` from then.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let Server { gw, listener, extra } = self;
         info!(addr = %listener.local_addr().map_err(ServerError::Serve)?, "rainbow gateway listening");
@@ -128,36 +145,34 @@ impl Server {
         if let Some(extra) = extra {
             app = app.merge(extra);
         }
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let stopping = gw.clone();
-        // TCP_NODELAY on every accepted socket: small replies (a REC, a COM)
-        // must not wait for the peer's delayed ACK (Nagle), which put a
-        // ~40 ms floor under qos-2 request/reply.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                info!(connections = stopping.hub.len(), "shutting down: closing clients with 1001");
-                stopping.begin_shutdown();
-            })
-            .await;
+        let connections = listener::Listener::new(gw.clone(), listener, app).run(shutdown).await;
+        let timeout = gw.config().shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        info!(connections = gw.hub.len(), "shutting down: closing clients with 1001");
+        gw.begin_shutdown();
         sweeper.abort();
         if let Some(cluster) = cluster {
             cluster.abort();
         }
         if let Some(node) = gw.cluster.node() {
-            node.leave().await;
+            let _ = tokio::time::timeout_at(deadline, node.leave()).await;
         }
         gw.tasks.close();
-        let timeout = gw.config().shutdown_timeout;
-        if tokio::time::timeout(timeout, gw.tasks.wait()).await.is_err() {
-            warn!(?timeout, remaining = gw.tasks.len(), "shutdown_timeout passed with close hooks still running");
+        let finished = async {
+            connections.wait().await;
+            gw.tasks.wait().await;
+        };
+        if tokio::time::timeout_at(deadline, finished).await.is_err() {
+            warn!(
+                ?timeout,
+                close_hooks = gw.tasks.len(),
+                http_connections = connections.len(),
+                "shutdown_timeout passed with close hooks or HTTP requests still running; stopping anyway"
+            );
         }
         gw.backend.workers().shutdown();
         info!("stopped");
-        served.map_err(ServerError::Serve)
+        Ok(())
     }
 }
 
